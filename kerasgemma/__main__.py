@@ -1,0 +1,3 @@
+from kerasgemma.cli import main
+
+raise SystemExit(main())

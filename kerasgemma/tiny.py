@@ -1,0 +1,188 @@
+"""Tiny randomly initialised Gemma models with a Gemma-like tokenizer.
+
+Used by the fast tests and as a stand-in wherever a real checkpoint is not
+needed. The tokenizer is trained with the settings that matter for parity
+with Hugging Face (shared DESIGN.md: a default SentencePiece model tokenizes
+Chinese differently in Keras and in transformers): identity normalizer, no
+dummy prefix, byte fallback, split digits, whitespace-only pieces, and the
+turn markers as user-defined pieces. Special ids follow Gemma: pad=0, eos=1,
+bos=2, unk=3.
+"""
+
+import io
+
+from kerasgemma.backend import ensure_jax_backend
+
+ensure_jax_backend()
+
+import keras  # noqa: E402
+import keras_hub  # noqa: E402
+import sentencepiece as spm  # noqa: E402
+
+TURN_PIECES = ["<start_of_turn>", "<end_of_turn>"]
+IMAGE_PIECES = ["<img>", "<start_of_image>", "<end_of_image>"]
+
+_TINY_CORPUS_EXTRA = [
+    "The quick brown fox jumps over the lazy dog. 0123456789",
+    "Gemma is a family of open models. Hello world!",
+    "问题：中国的首都是哪里？答案：北京。",
+    "<start_of_turn>user\n你好<end_of_turn>\n<start_of_turn>model\n你好！<end_of_turn>\n",
+    "    indented line\ttab\n\nnew paragraph  two spaces",
+]
+
+ARCHITECTURES = ("gemma", "gemma2", "gemma3")
+
+
+def build_tiny_tokenizer_proto(texts=(), vocabulary_size=600):
+    """Train a small Gemma-like SentencePiece model and return its bytes.
+
+    Args:
+        texts: iterable of str. Extra training text (e.g. the training data).
+        vocabulary_size: int. Target size; SentencePiece may stop earlier.
+
+    Example:
+    >>> proto = build_tiny_tokenizer_proto(["你好，世界"], vocabulary_size=300)
+    >>> len(proto) > 0
+    True
+    """
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(list(texts) + _TINY_CORPUS_EXTRA),
+        model_writer=model,
+        model_type="bpe",
+        vocab_size=vocabulary_size,
+        hard_vocab_limit=False,
+        character_coverage=1.0,
+        normalization_rule_name="identity",
+        add_dummy_prefix=False,
+        remove_extra_whitespaces=False,
+        allow_whitespace_only_pieces=True,
+        split_digits=True,
+        byte_fallback=True,
+        pad_id=0,
+        eos_id=1,
+        bos_id=2,
+        unk_id=3,
+        pad_piece="<pad>",
+        eos_piece="<eos>",
+        bos_piece="<bos>",
+        unk_piece="<unk>",
+        user_defined_symbols=TURN_PIECES + IMAGE_PIECES,
+        num_threads=1,
+        minloglevel=2,
+    )
+    return model.getvalue()
+
+
+def tiny_backbone_config(architecture, vocabulary_size, num_key_value_heads=1):
+    """Keyword arguments for a tiny backbone of one Gemma generation.
+
+    Args:
+        architecture: str. One of "gemma", "gemma2", "gemma3".
+        vocabulary_size: int. Size of the tokenizer's vocabulary.
+        num_key_value_heads: int. 1 like Gemma 2B, or more like Gemma 7B.
+
+    Example:
+    >>> tiny_backbone_config("gemma2", 300)["final_logit_soft_cap"]
+    30.0
+    """
+    common = dict(
+        vocabulary_size=vocabulary_size,
+        num_layers=2,
+        num_query_heads=4,
+        num_key_value_heads=num_key_value_heads,
+        hidden_dim=32,
+        intermediate_dim=64,
+        head_dim=8,
+    )
+    if architecture == "gemma":
+        return common
+    if architecture == "gemma2":
+        return dict(
+            common,
+            query_head_dim_normalize=False,
+            use_post_ffw_norm=True,
+            use_post_attention_norm=True,
+            attention_logit_soft_cap=50.0,
+            final_logit_soft_cap=30.0,
+            use_sliding_window_attention=True,
+            sliding_window_size=8,
+        )
+    if architecture == "gemma3":
+        return dict(
+            common,
+            image_size=896,
+            query_head_dim_normalize=True,
+            use_query_key_norm=True,
+            use_post_ffw_norm=True,
+            use_post_attention_norm=True,
+            use_sliding_window_attention=True,
+            sliding_window_size=8,
+            local_rope_scaling_factor=1.0,
+            global_rope_scaling_factor=1.0,
+            vision_encoder=None,
+        )
+    raise ValueError(
+        f"Unknown architecture {architecture!r}; expected one of {ARCHITECTURES}."
+    )
+
+
+_CLASSES = {
+    "gemma": (
+        keras_hub.models.GemmaBackbone,
+        keras_hub.models.GemmaTokenizer,
+        keras_hub.models.GemmaCausalLMPreprocessor,
+        keras_hub.models.GemmaCausalLM,
+    ),
+    "gemma2": (
+        keras_hub.models.GemmaBackbone,
+        keras_hub.models.GemmaTokenizer,
+        keras_hub.models.GemmaCausalLMPreprocessor,
+        keras_hub.models.GemmaCausalLM,
+    ),
+    "gemma3": (
+        keras_hub.models.Gemma3Backbone,
+        keras_hub.models.Gemma3Tokenizer,
+        keras_hub.models.Gemma3CausalLMPreprocessor,
+        keras_hub.models.Gemma3CausalLM,
+    ),
+}
+
+
+def build_tiny_causal_lm(
+    architecture="gemma3",
+    texts=(),
+    num_key_value_heads=1,
+    sequence_length=128,
+    seed=0,
+    dtype="float32",
+):
+    """Build a tiny random Gemma causal LM with a Gemma-like tokenizer.
+
+    Args:
+        architecture: str. "gemma", "gemma2" or "gemma3".
+        texts: iterable of str. Extra text to train the tokenizer on.
+        num_key_value_heads: int. Number of key/value heads.
+        sequence_length: int. Preprocessor sequence length.
+        seed: int. Seed for the random weights.
+        dtype: str. Dtype policy of the backbone.
+
+    Example:
+    >>> lm = build_tiny_causal_lm("gemma", texts=["你好"])
+    >>> lm.backbone.num_layers
+    2
+    """
+    backbone_cls, tokenizer_cls, preprocessor_cls, lm_cls = _CLASSES[architecture]
+    proto = build_tiny_tokenizer_proto(texts)
+    tokenizer = tokenizer_cls(proto=proto)
+    keras.utils.set_random_seed(seed)
+    backbone = backbone_cls(
+        **tiny_backbone_config(
+            architecture, tokenizer.vocabulary_size(), num_key_value_heads
+        ),
+        dtype=dtype,
+    )
+    preprocessor = preprocessor_cls(
+        tokenizer=tokenizer, sequence_length=sequence_length
+    )
+    return lm_cls(backbone=backbone, preprocessor=preprocessor)
