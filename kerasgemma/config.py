@@ -1,0 +1,123 @@
+"""One typed configuration for a training run, round-tripping through YAML/JSON.
+
+Defaults follow the reference task: Gemma + LoRA rank 4 on query/value,
+HC3-Chinese `baike`, human answers, Gemma chat format, loss on the answers.
+
+Example:
+>>> config = TrainConfig(max_steps=3)
+>>> TrainConfig.from_dict(config.to_dict()) == config
+True
+"""
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import yaml
+
+CONFIG_FILE_NAME = "config.json"
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a run needs; the resolved copy is saved in the run folder.
+
+    Args (all keyword, all with defaults):
+        preset: model preset (see `kerasgemma.model.load_causal_lm`).
+        dtype: base-weight dtype, "auto" = bfloat16 on accelerators, float32
+            on CPU. LoRA weights are always float32.
+        data: a local file/folder, or "hub" for Hello-SimpleAI/HC3-Chinese.
+        subset: HC3 subset, e.g. "baike".
+        answers: "first" answer per question or "all" answers.
+        include_chatgpt: also train on ChatGPT answers.
+        on_error: "raise" on a bad row, or "skip" and count it.
+        template: "gemma" chat format or the reference notebook's "plain".
+        loss_on: "completion" (model turns only) or "all" tokens.
+        truncation: "answer" (cut the answer's end) or "drop" long examples.
+        batching: "pack" (default), "bucket" or "pad".
+        sequence_length: tokens per row.
+        batch_size: rows per micro-batch.
+        grad_accum_steps: micro-batches per optimizer step.
+        validation_fraction: share of examples held out for validation.
+        lora_rank, lora_alpha (None = rank), lora_targets ("query,value",
+            "attention" or "all").
+        learning_rate, weight_decay, warmup_steps, schedule ("cosine",
+            "linear" or "constant"), max_grad_norm (None = no clipping).
+        max_steps: optimizer steps (None = `epochs` passes over the data).
+        epochs: passes over the data when `max_steps` is None.
+        eval_every, save_every (steps; 0 = only at the end), keep_checkpoints.
+        sample_prompts: questions answered at each evaluation.
+        max_new_tokens: length of those sample answers.
+        seed: seed for the data order and the LoRA initialisation.
+        output_dir: folder under which the run folder is created.
+    """
+
+    preset: str = "gemma_2b_en"
+    dtype: str = "auto"
+    data: str = "hub"
+    subset: str = "baike"
+    answers: str = "first"
+    include_chatgpt: bool = False
+    on_error: str = "raise"
+    template: str = "gemma"
+    loss_on: str = "completion"
+    truncation: str = "answer"
+    batching: str = "pack"
+    sequence_length: int = 512
+    batch_size: int = 4
+    grad_accum_steps: int = 1
+    validation_fraction: float = 0.05
+    lora_rank: int = 4
+    lora_alpha: float | None = None
+    lora_targets: str = "query,value"
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_steps: int = 0
+    schedule: str = "cosine"
+    max_grad_norm: float | None = 1.0
+    max_steps: int | None = None
+    epochs: int = 1
+    eval_every: int = 0
+    save_every: int = 0
+    keep_checkpoints: int = 2
+    sample_prompts: list[str] = dataclasses.field(default_factory=list)
+    max_new_tokens: int = 64
+    seed: int = 0
+    output_dir: str = "runs"
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values):
+        """Build from a dict, warning about (and ignoring) unknown keys."""
+        names = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            logger.warning("Ignoring unknown config keys: %s", ", ".join(unknown))
+        return cls(**{key: value for key, value in values.items() if key in names})
+
+    @classmethod
+    def from_file(cls, path):
+        """Load from a `.yaml`/`.yml` or `.json` file."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"Config file not found: {path}")
+        text = path.read_text(encoding="utf-8")
+        try:
+            values = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+        except (yaml.YAMLError, json.JSONDecodeError) as error:
+            raise ValueError(f"{path}: not valid {path.suffix[1:].upper()}: {error}") from error
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a mapping of settings, got {type(values).__name__}")
+        return cls.from_dict(values)
+
+    def save(self, path):
+        """Write as JSON (sorted keys, indented) atomically."""
+        path = Path(path)
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+        temporary.replace(path)

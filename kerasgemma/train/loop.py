@@ -1,0 +1,212 @@
+"""The training loop: jitted steps, evaluation, checkpoints, resume, metrics.
+
+One `Trainer` owns a model, a config, the packed batches of one epoch and a
+run folder. `fit()` runs from step 0 or from the newest checkpoint in the
+run folder; the data order of epoch e is a seeded permutation, so a resumed
+run sees exactly the batches the uninterrupted run would have seen.
+"""
+
+import math
+import time
+
+from kerasgemma.backend import ensure_jax_backend
+
+ensure_jax_backend()
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from kerasgemma.train import checkpoint  # noqa: E402
+from kerasgemma.train.metrics import MetricsLog  # noqa: E402
+from kerasgemma.train.optimizer import make_optimizer  # noqa: E402
+from kerasgemma.train.step import make_eval_step  # noqa: E402
+from kerasgemma.train.step import make_train_step  # noqa: E402
+from kerasgemma.train.step import stack_micro_batches  # noqa: E402
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class Trainer:
+    """LoRA training of a keras-hub causal LM on packed batches.
+
+    Args:
+        causal_lm: a keras-hub causal LM with LoRA enabled.
+        config: `kerasgemma.config.TrainConfig`.
+        train_batches: list of batch dicts (one epoch, see `kerasgemma.data`).
+        val_batches: list of batch dicts for validation (may be empty).
+        run_dir: `pathlib.Path` of the run folder (must exist).
+        on_evaluate: optional `callback(trainer, step, record)` called after
+            each evaluation (e.g. to log sample answers).
+
+    Example:
+    >>> import tempfile, pathlib, numpy as np
+    >>> from kerasgemma.config import TrainConfig
+    >>> from kerasgemma.model import load_causal_lm, enable_lora
+    >>> lm = load_causal_lm("tiny:gemma")
+    >>> _ = enable_lora(lm, rank=2)
+    >>> b = {"token_ids": np.full((1, 8), 9, np.int32), "target_ids": np.full((1, 8), 9, np.int32),
+    ...      "loss_weights": np.ones((1, 8), np.float32), "segment_ids": np.ones((1, 8), np.int32)}
+    >>> trainer = Trainer(lm, TrainConfig(max_steps=2, learning_rate=1e-2), [b], [b],
+    ...                   pathlib.Path(tempfile.mkdtemp()), progress=False)
+    >>> summary = trainer.fit()
+    >>> summary["step"], summary["val_loss"] < summary["initial_val_loss"]
+    (2, True)
+    """
+
+    def __init__(self, causal_lm, config, train_batches, val_batches, run_dir, on_evaluate=None, progress=True):
+        if len(train_batches) < config.grad_accum_steps:
+            raise ValueError(
+                f"Only {len(train_batches)} training batches for grad_accum_steps="
+                f"{config.grad_accum_steps}: add data or lower batch_size/grad_accum_steps."
+            )
+        self.causal_lm = causal_lm
+        self.config = config
+        self.train_batches = train_batches
+        self.val_batches = val_batches
+        self.run_dir = run_dir
+        self.on_evaluate = on_evaluate
+        self.progress = progress
+        self.steps_per_epoch = len(train_batches) // config.grad_accum_steps
+        self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
+        self.optimizer = make_optimizer(config, self.total_steps, causal_lm.trainable_variables)
+        self.train_step = make_train_step(causal_lm, self.optimizer)
+        self.eval_step = make_eval_step(causal_lm)
+        self.metrics = MetricsLog(run_dir)
+        self.step = 0
+        self.state = (
+            [v.value for v in causal_lm.trainable_variables],
+            [v.value for v in causal_lm.non_trainable_variables],
+            [v.value for v in self.optimizer.variables],
+        )
+
+    # -- data order -------------------------------------------------------
+
+    def batches_for_step(self, step):
+        """The micro-batches of optimizer step `step` (0-based), deterministic."""
+        epoch, index = divmod(step, self.steps_per_epoch)
+        order = np.random.default_rng([self.config.seed, epoch]).permutation(len(self.train_batches))
+        accum = self.config.grad_accum_steps
+        chosen = order[index * accum : (index + 1) * accum]
+        return [self.train_batches[i] for i in chosen]
+
+    # -- state ------------------------------------------------------------
+
+    def sync_model(self):
+        """Copy the trained values back into the Keras variables."""
+        for variable, value in zip(self.causal_lm.trainable_variables, self.state[0]):
+            variable.assign(value)
+
+    def restore(self, path):
+        """Load a checkpoint into the trainer and the model."""
+        saved = checkpoint.load_checkpoint(path)
+        trainable, non_trainable, optimizer_variables = self.state
+        if len(saved["trainable"]) != len(trainable) or len(saved["optimizer"]) != len(optimizer_variables):
+            raise ValueError(f"{path}: checkpoint does not match this model's LoRA settings.")
+        self.state = (
+            [jax.numpy.asarray(v) for v in saved["trainable"]],
+            non_trainable,
+            [jax.numpy.asarray(v) for v in saved["optimizer"]],
+        )
+        self.step = saved["progress"]["step"]
+        self.sync_model()
+        self.metrics.truncate_after(self.step)
+
+    def save(self):
+        epoch, index = divmod(self.step, self.steps_per_epoch)
+        return checkpoint.save_checkpoint(
+            self.run_dir,
+            self.step,
+            self.state[0],
+            self.state[2],
+            {"epoch": epoch, "batch": index * self.config.grad_accum_steps},
+            keep=self.config.keep_checkpoints,
+        )
+
+    # -- evaluation -------------------------------------------------------
+
+    def evaluate(self):
+        """Mean validation loss over loss-carrying tokens, and perplexity."""
+        if not self.val_batches:
+            return {}
+        total, count = 0.0, 0.0
+        for batch in self.val_batches:
+            batch_total, batch_count = self.eval_step(self.state[0], self.state[1], batch)
+            total += float(batch_total)
+            count += float(batch_count)
+        loss = total / max(count, 1.0)
+        return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 50.0))}
+
+    # -- the loop ---------------------------------------------------------
+
+    def _record_losses(self, pending, bar):
+        """Fetch queued step losses from the device (one sync), log and check them."""
+        for step, loss, tokens, seconds in pending:
+            loss = float(loss)
+            if not math.isfinite(loss):
+                last = checkpoint.latest_checkpoint(self.run_dir)
+                raise TrainingDiverged(
+                    f"Training loss became {loss} at step {step}. "
+                    + (f"The last good checkpoint is {last}." if last else "No checkpoint was saved yet.")
+                    + " Lower the learning rate or check the data."
+                )
+            record = {"step": step, "train_loss": loss, "tokens": tokens, "tokens_per_second": tokens / seconds}
+            self.metrics.write(record)
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens / seconds:,.0f}")
+        pending.clear()
+
+    def fit(self, log_every=1):
+        """Train to `total_steps`, evaluating and checkpointing on the way.
+
+        Returns a summary dict: step, initial/final validation loss, train
+        loss of the last step, tokens seen, seconds.
+        """
+        config = self.config
+        initial = self.evaluate() if self.step == 0 else {}
+        if initial:
+            self.metrics.write({"step": self.step, **initial})
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", disable=not self.progress)
+        pending, tokens_seen, started = [], 0, time.perf_counter()
+        last_time = started
+        while self.step < self.total_steps:
+            micro_batches = self.batches_for_step(self.step)
+            tokens = int(sum(np.count_nonzero(b["segment_ids"]) for b in micro_batches))
+            self.state, loss, _ = self.train_step(self.state, stack_micro_batches(micro_batches))
+            self.step += 1
+            tokens_seen += tokens
+            is_last = self.step == self.total_steps
+            do_eval = is_last or (config.eval_every and self.step % config.eval_every == 0)
+            do_save = is_last or (config.save_every and self.step % config.save_every == 0)
+            now = time.perf_counter()
+            pending.append((self.step, loss, tokens, max(now - last_time, 1e-9)))
+            last_time = now
+            if do_eval or do_save or self.step % log_every == 0:
+                self._record_losses(pending, bar)
+            bar.update(1)
+            if do_eval:
+                record = {"step": self.step, **self.evaluate()}
+                self.metrics.write(record)
+                if self.on_evaluate is not None:
+                    self.sync_model()
+                    self.on_evaluate(self, self.step, record)
+            if do_save:
+                self.save()
+            last_time = time.perf_counter()
+        bar.close()
+        self.sync_model()
+        records = self.metrics.read()
+        val = [r["val_loss"] for r in records if "val_loss" in r]
+        train = [r["train_loss"] for r in records if "train_loss" in r]
+        self.metrics.write_csv()
+        self.metrics.plot()
+        return {
+            "step": self.step,
+            "initial_val_loss": val[0] if val else None,
+            "val_loss": val[-1] if val else None,
+            "train_loss": train[-1] if train else None,
+            "tokens": tokens_seen,
+            "seconds": time.perf_counter() - started,
+        }

@@ -1,0 +1,75 @@
+"""AdamW with warmup + decay, clipping, and no weight decay on norms/biases/embeddings."""
+
+from kerasgemma.backend import ensure_jax_backend
+
+ensure_jax_backend()
+
+import keras  # noqa: E402
+
+NO_DECAY_NAMES = ["bias", "scale", "embeddings", "gamma", "beta"]
+
+
+class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup to `learning_rate`, then cosine, linear or no decay.
+
+    Example:
+    >>> schedule = WarmupDecay(1.0, warmup_steps=2, total_steps=6, decay="linear")
+    >>> [round(float(schedule(step)), 3) for step in range(7)]
+    [0.5, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0]
+    """
+
+    def __init__(self, learning_rate, warmup_steps, total_steps, decay="cosine", final_fraction=0.0):
+        if decay not in ("cosine", "linear", "constant"):
+            raise ValueError(f"schedule must be cosine, linear or constant, got {decay!r}")
+        self.learning_rate = learning_rate
+        self.warmup_steps = warmup_steps
+        self.total_steps = max(total_steps, 1)
+        self.decay = decay
+        self.final_fraction = final_fraction
+
+    def __call__(self, step):
+        ops = keras.ops
+        # `step` is the optimizer's 0-based update count. Warmup gives update
+        # s the rate (s + 1) / warmup_steps, so the first update is never 0;
+        # decay then runs from the peak at update `warmup_steps` down towards
+        # 0 at `total_steps`, so every one of the run's updates moves.
+        step = ops.cast(step, "float32")
+        warmup = (step + 1.0) / max(self.warmup_steps, 1)
+        decay_steps = max(self.total_steps - self.warmup_steps, 1)
+        progress = ops.clip((step - self.warmup_steps) / decay_steps, 0.0, 1.0)
+        if self.decay == "cosine":
+            factor = 0.5 * (1.0 + ops.cos(3.141592653589793 * progress))
+        elif self.decay == "linear":
+            factor = 1.0 - progress
+        else:
+            factor = ops.ones_like(progress)
+        factor = self.final_fraction + (1.0 - self.final_fraction) * factor
+        factor = ops.where(step < self.warmup_steps, warmup, factor)
+        return self.learning_rate * factor
+
+    def get_config(self):
+        return {
+            "learning_rate": self.learning_rate,
+            "warmup_steps": self.warmup_steps,
+            "total_steps": self.total_steps,
+            "decay": self.decay,
+            "final_fraction": self.final_fraction,
+        }
+
+
+def make_optimizer(config, total_steps, trainable_variables):
+    """Build AdamW for `config` and create its variables.
+
+    Weight decay is off for biases, norm scales and embeddings (they are
+    frozen under LoRA, but a user may unfreeze them).
+    """
+    optimizer = keras.optimizers.AdamW(
+        learning_rate=WarmupDecay(
+            config.learning_rate, config.warmup_steps, total_steps, config.schedule
+        ),
+        weight_decay=config.weight_decay,
+        global_clipnorm=config.max_grad_norm,
+    )
+    optimizer.exclude_from_weight_decay(var_names=NO_DECAY_NAMES)
+    optimizer.build(trainable_variables)
+    return optimizer
