@@ -1,0 +1,196 @@
+"""Read rows from `.jsonl`, `.json` and `.parquet` files, keeping where each came from.
+
+Every row comes back as a `Row`: the decoded value and a `source` such as
+`"baike.jsonl:12"` (file name and 1-based line; `"x.parquet:row 3"` for
+Parquet). A row that cannot be decoded comes back with a `problem` instead of
+a value, so that the caller decides whether to raise or to skip and count it
+(`kerasgemma.data.loading`). Blank lines are ignored.
+"""
+
+import dataclasses
+import json
+import os
+
+SUPPORTED_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+# Problem kinds a reader can report (the loader adds the row-level ones).
+INVALID_JSON = "invalid_json"
+INVALID_UTF8 = "invalid_utf8"
+EMPTY_FILE = "empty_file"
+
+
+@dataclasses.dataclass
+class Row:
+    """One row of a data file.
+
+    Args:
+        source: str. `"FILE:LINE"` (or `"FILE:row N"` for Parquet).
+        value: the decoded JSON value, or None when `problem` is set.
+        problem: None, or a `(kind, message)` tuple saying why the row is bad.
+    """
+
+    source: str
+    value: object = None
+    problem: tuple = None
+
+
+def list_data_files(path, subset=None):
+    """The data files under `path`, in a stable order.
+
+    A file is returned as is. In a folder, `{subset}.jsonl|.json|.parquet` is
+    used alone when it exists (the HC3 layout: `baike.jsonl`, `finance.jsonl`,
+    ..., `all.jsonl`, where loading every file would count rows twice);
+    otherwise every supported file in the folder and its sub-folders.
+
+    Example:
+    >>> import pathlib, tempfile
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> for name in ["baike.jsonl", "law.jsonl"]:
+    ...     _ = (folder / name).write_text("{}\\n")
+    >>> [os.path.basename(f) for f in list_data_files(folder, subset="law")]
+    ['law.jsonl']
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file or folder.")
+    if os.path.isfile(path):
+        if not path.endswith(SUPPORTED_SUFFIXES):
+            raise ValueError(
+                f"{path}: unsupported file type; expected one of {SUPPORTED_SUFFIXES}."
+            )
+        return [path]
+    if subset:
+        for suffix in SUPPORTED_SUFFIXES:
+            candidate = os.path.join(path, subset + suffix)
+            if os.path.isfile(candidate):
+                return [candidate]
+    files = sorted(
+        os.path.join(folder, name)
+        for folder, _, names in os.walk(path)
+        for name in names
+        if name.endswith(SUPPORTED_SUFFIXES)
+    )
+    if not files:
+        raise FileNotFoundError(
+            f"{path}: no {'/'.join(SUPPORTED_SUFFIXES)} files in this folder."
+        )
+    return files
+
+
+def read_rows(filename):
+    """Yield every `Row` of one file (`.jsonl`, `.json` or `.parquet`).
+
+    An empty file (or one with only blank lines) yields a single `Row` with
+    the `"empty_file"` problem.
+
+    Example:
+    >>> import pathlib, tempfile
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "rows.jsonl"
+    >>> _ = path.write_text('{"question": "q"}\\n\\n{oops\\n')
+    >>> for row in read_rows(path):
+    ...     print(row.source.split("/")[-1], row.value, row.problem and row.problem[0])
+    rows.jsonl:1 {'question': 'q'} None
+    rows.jsonl:3 None invalid_json
+    """
+    filename = os.fspath(filename)
+    if filename.endswith(".parquet"):
+        rows = _read_parquet(filename)
+    elif filename.endswith(".json"):
+        rows = _read_json(filename)
+    else:
+        rows = _read_jsonl(filename)
+    empty = True
+    for row in rows:
+        empty = False
+        yield row
+    if empty:
+        yield Row(filename, problem=(EMPTY_FILE, "the file holds no rows"))
+
+
+def _read_jsonl(filename):
+    with open(filename, "rb") as file:
+        for number, line in enumerate(file, start=1):
+            yield from _decode_line(filename, number, line)
+
+
+def _decode_line(filename, number, line):
+    source = f"{filename}:{number}"
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as error:
+        yield Row(source, problem=(INVALID_UTF8, f"invalid UTF-8 at byte {error.start}"))
+        return
+    if number == 1:
+        text = text.removeprefix("\ufeff")  # A UTF-8 byte-order mark.
+    if not text.strip():
+        return
+    try:
+        yield Row(source, value=json.loads(text))
+    except json.JSONDecodeError as error:
+        yield Row(source, problem=(INVALID_JSON, f"invalid JSON: {error.msg} (column {error.colno})"))
+
+
+def _read_json(filename):
+    """A JSON array of rows (or one object); JSON Lines under a .json name too."""
+    with open(filename, "rb") as file:
+        data = file.read()
+    try:
+        text = data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        yield Row(f"{filename}:{line}", problem=(INVALID_UTF8, f"invalid UTF-8 at byte {error.start}"))
+        return
+    if not text.lstrip().startswith("["):
+        try:  # One (possibly pretty-printed) object.
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = None
+        if value is not None:
+            start = len(text) - len(text.lstrip())
+            yield Row(f"{filename}:{_line_of(text, start)}", value=value)
+            return
+        # Many "JSON" data files are JSON Lines.
+        for number, line in enumerate(data.split(b"\n"), start=1):
+            yield from _decode_line(filename, number, line)
+        return
+    # Walk the array element by element so each row keeps its line number.
+    decoder = json.JSONDecoder()
+    position = text.index("[") + 1
+    while True:
+        position = _skip_space(text, position)
+        if position < len(text) and text[position] == "]":
+            return
+        line = _line_of(text, position)
+        try:
+            value, position = decoder.raw_decode(text, position)
+        except json.JSONDecodeError as error:
+            source = f"{filename}:{error.lineno}"
+            yield Row(source, problem=(INVALID_JSON, f"invalid JSON: {error.msg} (column {error.colno})"))
+            return  # The rest of the array cannot be located reliably.
+        yield Row(f"{filename}:{line}", value=value)
+        position = _skip_space(text, position)
+        if position < len(text) and text[position] == ",":
+            position += 1
+        elif position >= len(text) or text[position] != "]":
+            yield Row(f"{filename}:{_line_of(text, position)}", problem=(INVALID_JSON, "invalid JSON: expected ',' or ']'"))
+            return
+
+
+def _line_of(text, position):
+    return text.count("\n", 0, position) + 1
+
+
+def _skip_space(text, position):
+    while position < len(text) and text[position].isspace():
+        position += 1
+    return position
+
+
+def _read_parquet(filename):
+    import pyarrow.parquet as pq
+
+    number = 0
+    for batch in pq.ParquetFile(filename).iter_batches(batch_size=1024):
+        for value in batch.to_pylist():
+            number += 1
+            yield Row(f"{filename}:row {number}", value=value)

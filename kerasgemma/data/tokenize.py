@@ -1,0 +1,151 @@
+"""Tokenize formatted conversations with the model's own tokenizer, with a loss mask.
+
+The ids are exactly those of the *whole* conversation text (BOS once, as id,
+in front), never of parts tokenized separately: SentencePiece merges across
+part boundaries, so concatenated pieces would differ from what the model sees
+at inference. Which tokens carry loss is decided from each piece's character
+offsets against the model-turn spans of `format_chat`.
+
+A keras-hub `GemmaTokenizer`/`Gemma3Tokenizer` wraps a SentencePiece model
+(`tokenizer.proto`); we run that same model through `sentencepiece` directly
+because it is much faster and gives piece offsets.
+"""
+
+import dataclasses
+
+import numpy as np
+import sentencepiece as spm
+
+from kerasgemma.data.chat_format import format_chat
+from kerasgemma.data.report import TokenReport
+
+LOSS_CHOICES = ("completion", "full")
+OVERFLOW_CHOICES = ("truncate", "drop")
+
+
+@dataclasses.dataclass
+class TokenizedExample:
+    """One example as token ids.
+
+    Args:
+        token_ids: int32 array `(n,)`, BOS first.
+        loss_mask: int8 array `(n,)`. 1 where the token is a target that
+            carries loss (never the BOS).
+        source: str. Where the example came from ("FILE:LINE").
+    """
+
+    token_ids: np.ndarray
+    loss_mask: np.ndarray
+    source: str = ""
+
+
+def sentencepiece_processor(tokenizer):
+    """A `sentencepiece.SentencePieceProcessor` for a tokenizer or model bytes.
+
+    Args:
+        tokenizer: a keras-hub SentencePiece tokenizer (has `.proto`), the
+            serialized model as bytes, or a `SentencePieceProcessor`.
+
+    Example:
+    >>> from kerasgemma.tiny import build_tiny_tokenizer_proto
+    >>> processor = sentencepiece_processor(build_tiny_tokenizer_proto())
+    >>> processor.bos_id(), processor.eos_id()
+    (2, 1)
+    """
+    if isinstance(tokenizer, spm.SentencePieceProcessor):
+        return tokenizer
+    proto = tokenizer if isinstance(tokenizer, bytes) else getattr(tokenizer, "proto", None)
+    if not isinstance(proto, bytes):
+        raise TypeError(
+            "Expected a keras-hub SentencePiece tokenizer (with a `proto`), the "
+            f"SentencePiece model bytes, or a SentencePieceProcessor; got {type(tokenizer).__name__}."
+        )
+    return spm.SentencePieceProcessor(model_proto=proto)
+
+
+def tokenize_examples(
+    examples,
+    tokenizer,
+    max_tokens,
+    template="gemma",
+    loss="completion",
+    overflow="truncate",
+):
+    """Tokenize examples and mark their loss tokens.
+
+    Args:
+        examples: list of `{"messages": [...], "source": str}` dicts.
+        tokenizer: a keras-hub tokenizer, SentencePiece model bytes, or a
+            `SentencePieceProcessor`.
+        max_tokens: int. Most token ids per example, BOS included. An example
+            of n ids gives n - 1 (input, next-token) positions, so
+            `sequence_length + 1` fills a row of `sequence_length` exactly.
+        template: str. "gemma" or "plain" (see `format_chat`).
+        loss: str. "completion" puts loss on the model's turns only (answer
+            and its `<end_of_turn>`); "full" on every token after BOS.
+        overflow: str. For examples longer than `max_tokens`: "truncate"
+            cuts the end (the answer side) or "drop" leaves them out. An
+            example whose answer would be cut away entirely is always dropped.
+
+    Returns:
+        `(tokenized, report)`: a list of `TokenizedExample` and a `TokenReport`.
+
+    Example:
+    >>> from kerasgemma.tiny import build_tiny_tokenizer_proto
+    >>> proto = build_tiny_tokenizer_proto()
+    >>> examples = [{"messages": [{"role": "user", "content": "你好"},
+    ...                           {"role": "assistant", "content": "你好！"}], "source": "x:1"}]
+    >>> (example,), report = tokenize_examples(examples, proto, max_tokens=64)
+    >>> processor = sentencepiece_processor(proto)
+    >>> int(example.token_ids[0]) == processor.bos_id()
+    True
+    >>> processor.decode(example.token_ids[example.loss_mask == 1].tolist())
+    '你好！<end_of_turn>'
+    >>> report.truncated, report.dropped
+    (0, 0)
+    """
+    if loss not in LOSS_CHOICES:
+        raise ValueError(f"loss must be one of {LOSS_CHOICES}, got {loss!r}.")
+    if overflow not in OVERFLOW_CHOICES:
+        raise ValueError(f"overflow must be one of {OVERFLOW_CHOICES}, got {overflow!r}.")
+    processor = sentencepiece_processor(tokenizer)
+    chats = [format_chat(example["messages"], template) for example in examples]
+    encoded = processor.encode([chat.text for chat in chats], return_type="offset_mapping")
+    tokenized, lengths, truncated, dropped = [], [], 0, 0
+    for example, chat, pieces in zip(examples, chats, encoded):
+        token_ids, loss_mask = _ids_and_mask(processor, chat, pieces, loss)
+        lengths.append(len(token_ids))
+        if len(token_ids) > max_tokens:
+            if overflow == "drop" or not loss_mask[:max_tokens].any():
+                dropped += 1
+                continue
+            token_ids, loss_mask = token_ids[:max_tokens], loss_mask[:max_tokens]
+            truncated += 1
+        tokenized.append(TokenizedExample(token_ids, loss_mask, example.get("source", "")))
+    loss_tokens = sum(int(example.loss_mask.sum()) for example in tokenized)
+    report = TokenReport.from_lengths(lengths, truncated, dropped, loss_tokens)
+    return tokenized, report
+
+
+def _ids_and_mask(processor, chat, pieces, loss):
+    ids = [processor.bos_id()] + pieces["ids"]
+    if loss == "full":
+        mask = [0] + [1] * len(pieces["ids"])
+    else:
+        mask = [0] + [_in_spans(begin, end, chat.loss_spans) for begin, end in pieces["offsets"]]
+    if chat.append_eos:
+        ids.append(processor.eos_id())
+        mask.append(1)
+    return np.asarray(ids, dtype=np.int32), np.asarray(mask, dtype=np.int8)
+
+
+def _in_spans(begin, end, spans):
+    """Whether a piece overlaps a model-turn span.
+
+    Byte-fallback pieces of one character report empty ranges (begin == end)
+    except the last, so a piece counts as covering at least its first
+    character. A piece that straddles the prompt/answer boundary holds answer
+    text the model must produce, so it carries loss.
+    """
+    end = max(end, begin + 1)
+    return int(any(begin < span_end and end > span_start for span_start, span_end in spans))
