@@ -1,6 +1,7 @@
 """The data stage: rows -> validated chat examples -> token ids with a loss mask -> batches.
 
-Typical use (what the notebooks and `kerasgemma data` do):
+Typical use, step by step (`prepare_data` does all of it in one call, as
+`kerasgemma data` does):
 
     examples, load_report = load_examples("baike.jsonl", on_error="skip")
     train, validation = split_examples(examples, validation_fraction=0.05, seed=0)
@@ -26,6 +27,7 @@ from kerasgemma.data.loading import (
     load_examples,
     load_hub_examples,
 )
+from kerasgemma.data.pipeline import PreparedData, prepare_data
 from kerasgemma.data.report import LoadReport, TokenReport
 from kerasgemma.data.rows import RowError, row_to_conversations, validate_messages
 from kerasgemma.data.split import split_examples

@@ -75,8 +75,8 @@ class TokenReport:
             kept=int(lengths.size) - dropped,
             truncated=truncated,
             dropped=dropped,
-            length_p50=float(np.percentile(lengths, 50)),
-            length_p95=float(np.percentile(lengths, 95)),
+            length_p50=round(float(np.percentile(lengths, 50)), 1),
+            length_p95=round(float(np.percentile(lengths, 95)), 1),
             length_max=int(lengths.max()),
             loss_tokens=loss_tokens,
         )

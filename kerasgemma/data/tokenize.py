@@ -130,22 +130,25 @@ def tokenize_examples(
 def _ids_and_mask(processor, chat, pieces, loss):
     ids = [processor.bos_id()] + pieces["ids"]
     if loss == "full":
-        mask = [0] + [1] * len(pieces["ids"])
+        mask = np.ones(len(pieces["ids"]), np.int8)
     else:
-        mask = [0] + [_in_spans(begin, end, chat.loss_spans) for begin, end in pieces["offsets"]]
+        mask = _in_spans(np.asarray(pieces["offsets"], np.int64).reshape(-1, 2), chat.loss_spans)
+    mask = np.concatenate([[0], mask, [1] if chat.append_eos else []]).astype(np.int8)
     if chat.append_eos:
         ids.append(processor.eos_id())
-        mask.append(1)
-    return np.asarray(ids, dtype=np.int32), np.asarray(mask, dtype=np.int8)
+    return np.asarray(ids, dtype=np.int32), mask
 
 
-def _in_spans(begin, end, spans):
-    """Whether a piece overlaps a model-turn span.
+def _in_spans(offsets, spans):
+    """1 for each piece `(begin, end)` that overlaps a model-turn span, else 0.
 
     Byte-fallback pieces of one character report empty ranges (begin == end)
     except the last, so a piece counts as covering at least its first
     character. A piece that straddles the prompt/answer boundary holds answer
     text the model must produce, so it carries loss.
     """
-    end = max(end, begin + 1)
-    return int(any(begin < span_end and end > span_start for span_start, span_end in spans))
+    begin = offsets[:, :1]
+    end = np.maximum(offsets[:, 1:], begin + 1)
+    spans = np.asarray(spans, np.int64).reshape(1, -1, 2)
+    overlaps = (begin < spans[..., 1]) & (end > spans[..., 0])
+    return overlaps.any(axis=1).astype(np.int8)
