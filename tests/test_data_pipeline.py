@@ -76,3 +76,26 @@ def test_split_is_deterministic_and_keeps_questions_together(hc3_file):
     questions = lambda part: {e["messages"][0]["content"] for e in part}  # noqa: E731
     assert not questions(train) & questions(validation)
     assert len(train) + len(validation) == len(examples)
+
+
+def test_hub_route_downloads_the_raw_subset_file(hc3_file, monkeypatch):
+    """The Hub can't be reached here: stand in for hf_hub_download with the file it would return."""
+    import huggingface_hub
+
+    calls = []
+
+    def fake_download(repo_id, filename, repo_type=None, revision=None):
+        calls.append((repo_id, filename, repo_type, revision))
+        return str(hc3_file)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    from kerasgemma.data import load_hub_examples, prepare_data
+
+    examples, report = load_hub_examples(subset="baike", answers="all")
+    assert calls == [("Hello-SimpleAI/HC3-Chinese", "baike.jsonl", "dataset", None)]
+    assert len(examples) == 4 and report.rows_read == 3
+    proto = build_tiny_tokenizer_proto()
+    data = prepare_data("hf://Hello-SimpleAI/HC3-Chinese", proto, sequence_length=64, batch_size=2,
+                        subset="baike", validation_fraction=0.0)
+    assert calls[-1][:2] == ("Hello-SimpleAI/HC3-Chinese", "baike.jsonl")
+    assert data.summary()["train_examples"] == 3 and data.validation is None

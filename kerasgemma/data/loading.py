@@ -8,7 +8,7 @@ read, examples kept, rows skipped by reason and duplicates removed.
 
 import os
 
-from kerasgemma.data.readers import list_data_files, read_rows
+from kerasgemma.data.readers import EMPTY_FILE, list_data_files, read_rows
 from kerasgemma.data.report import LoadReport
 from kerasgemma.data.rows import RowError, row_to_conversations
 
@@ -69,7 +69,8 @@ def load_examples(
     report = LoadReport(files=list_data_files(path, subset=subset))
     examples, seen = [], set()
     for row in _rows(report.files, progress):
-        report.rows_read += 1
+        # An empty file is reported (and skipped) like a bad row, but it is no row.
+        report.rows_read += not (row.problem and row.problem[0] == EMPTY_FILE)
         try:
             if row.problem:
                 raise RowError(*row.problem)

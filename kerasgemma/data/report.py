@@ -11,7 +11,8 @@ class LoadReport:
 
     Args:
         files: list of str. The files read.
-        rows_read: int. Rows seen (blank lines excluded; a bad row counts).
+        rows_read: int. Rows seen, bad ones included (blank lines and empty
+            files are not rows).
         examples: int. Examples kept (after duplicates were removed).
         skipped: dict of str to int. Skipped rows by problem kind.
         duplicates_removed: int. Exact duplicate conversations dropped.
