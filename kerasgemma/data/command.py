@@ -29,25 +29,30 @@ def add_parser(subparsers):
     >>> parser.parse_args(["rows.jsonl", "--json"]).on_error
     'raise'
     """
-    parser = subparsers.add_parser("data", help="Check and summarize a training data set.", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("path", help="A .jsonl/.json/.parquet file, a folder, or hf://OWNER/NAME.")
-    parser.add_argument("--subset", default="baike", choices=HC3_SUBSETS, help="HC3 subset (default: baike).")
-    parser.add_argument("--on-error", default="raise", choices=ON_ERROR_CHOICES,
-                        help="Stop at the first bad row, or skip and count bad rows.")
-    parser.add_argument("--json", action="store_true", help="End the output with one JSON line of counts.")
-    parser.add_argument("--preset", default=None,
-                        help="keras-hub preset whose tokenizer to use (default: a tiny test tokenizer).")
-    parser.add_argument("--answers", default="first", choices=ANSWER_CHOICES)
-    parser.add_argument("--include-chatgpt", action="store_true", help="Also train on ChatGPT answers.")
-    parser.add_argument("--template", default="gemma", choices=TEMPLATES)
-    parser.add_argument("--loss", default="completion", choices=LOSS_CHOICES)
-    parser.add_argument("--overflow", default="truncate", choices=OVERFLOW_CHOICES)
-    parser.add_argument("--sequence-length", type=int, default=512)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--mode", default="pack", choices=MODES)
-    parser.add_argument("--validation-fraction", type=float, default=0.05)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = subparsers.add_parser(
+        "data",
+        help="Check and summarize a training data set.",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add = parser.add_argument
+    add("path", help="A .jsonl/.json/.parquet file, a folder, or hf://OWNER/NAME.")
+    add("--subset", default="baike", choices=HC3_SUBSETS, help="HC3 subset (default: baike).")
+    add("--on-error", default="raise", choices=ON_ERROR_CHOICES,
+        help="Stop at the first bad row (default), or skip and count bad rows.")
+    add("--json", action="store_true", help="End the output with one JSON line of counts.")
+    add("--preset", default=None,
+        help="keras-hub preset whose tokenizer to use (default: a tiny test tokenizer).")
+    add("--answers", default="first", choices=ANSWER_CHOICES)
+    add("--include-chatgpt", action="store_true", help="Also train on ChatGPT answers.")
+    add("--template", default="gemma", choices=TEMPLATES)
+    add("--loss", default="completion", choices=LOSS_CHOICES)
+    add("--overflow", default="truncate", choices=OVERFLOW_CHOICES)
+    add("--sequence-length", type=int, default=512)
+    add("--batch-size", type=int, default=8)
+    add("--mode", default="pack", choices=MODES)
+    add("--validation-fraction", type=float, default=0.05)
+    add("--seed", type=int, default=0)
     return parser
 
 
@@ -56,10 +61,21 @@ def run(args):
     tokenizer = load_tokenizer(args.preset)
     try:
         data = prepare_data(
-            args.path, tokenizer, sequence_length=args.sequence_length, batch_size=args.batch_size,
-            mode=args.mode, validation_fraction=args.validation_fraction, seed=args.seed, subset=args.subset,
-            answers=args.answers, include_chatgpt=args.include_chatgpt, on_error=args.on_error,
-            template=args.template, loss=args.loss, overflow=args.overflow, progress=sys.stderr.isatty(),
+            args.path,
+            tokenizer,
+            sequence_length=args.sequence_length,
+            batch_size=args.batch_size,
+            mode=args.mode,
+            validation_fraction=args.validation_fraction,
+            seed=args.seed,
+            subset=args.subset,
+            answers=args.answers,
+            include_chatgpt=args.include_chatgpt,
+            on_error=args.on_error,
+            template=args.template,
+            loss=args.loss,
+            overflow=args.overflow,
+            progress=sys.stderr.isatty(),
         )
     except (DataError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -84,15 +100,17 @@ def load_tokenizer(preset):
 
 def format_summary(summary):
     """Human-readable lines of a `PreparedData.summary()`."""
-    skipped = ", ".join(f"{kind} {count}" for kind, count in summary["skipped"].items()) or "none"
+    skipped = ", ".join(f"{kind} {count}" for kind, count in summary["skipped"].items())
     return "\n".join([
         f"files: {len(summary['files'])}  rows read: {summary['rows_read']}",
-        f"skipped: {summary['skipped_total']} ({skipped})  duplicates removed: {summary['duplicates_removed']}",
+        f"skipped: {summary['skipped_total']} ({skipped or 'none'})  "
+        f"duplicates removed: {summary['duplicates_removed']}",
         f"examples: {summary['examples']} (train {summary['train_examples']}, "
         f"validation {summary['validation_examples']})",
         f"tokens per example: p50 {summary['length_p50']:.0f}  p95 {summary['length_p95']:.0f}  "
-        f"max {summary['length_max']}  (truncated {summary['truncated']}, dropped {summary['dropped']})",
-        f"batches: {summary['batches_per_epoch']} x {summary['batch_mode']} {summary['batch_shapes']}  "
-        f"non-padding {summary['non_padding_fraction']:.1%} "
+        f"max {summary['length_max']}  "
+        f"(truncated {summary['truncated']}, dropped {summary['dropped']})",
+        f"batches: {summary['batches_per_epoch']} x {summary['batch_mode']} "
+        f"{summary['batch_shapes']}  non-padding {summary['non_padding_fraction']:.1%} "
         f"(padding every example: {summary['non_padding_fraction_if_padded']:.1%})",
     ])

@@ -41,7 +41,11 @@ class PreparedData:
         summary.update(
             train_examples=len(train.examples),
             validation_examples=len(self.validation.examples) if self.validation else 0,
-            **{key: value for key, value in self.token_report.to_dict().items() if key not in ("examples", "kept")},
+            **{
+                key: value
+                for key, value in self.token_report.to_dict().items()
+                if key not in ("examples", "kept")  # Counted above, after the split.
+            },
             batch_mode=train.mode,
             batch_size=train.batch_size,
             sequence_length=train.sequence_length,
@@ -101,21 +105,35 @@ def prepare_data(
     >>> data.summary()["train_examples"], data.summary()["validation_examples"]
     (19, 1)
     """
-    load_options = dict(answers=answers, include_chatgpt=include_chatgpt, on_error=on_error, progress=progress)
+    load_options = dict(
+        subset=subset,
+        answers=answers,
+        include_chatgpt=include_chatgpt,
+        on_error=on_error,
+        progress=progress,
+    )
     source = str(source)
     if source.startswith(HUB_PREFIX):
-        examples, load_report = load_hub_examples(source[len(HUB_PREFIX) :], subset=subset, **load_options)
+        examples, load_report = load_hub_examples(source[len(HUB_PREFIX) :], **load_options)
     else:
-        examples, load_report = load_examples(source, subset=subset, **load_options)
+        examples, load_report = load_examples(source, **load_options)
     train, validation = split_examples(examples, validation_fraction, seed)
-    token_options = dict(max_tokens=sequence_length + 1, template=template, loss=loss, overflow=overflow)
+    # n token ids give n - 1 (input, target) positions: sequence_length + 1 fill a row.
+    token_options = dict(
+        max_tokens=sequence_length + 1, template=template, loss=loss, overflow=overflow
+    )
     train_tokens, token_report = tokenize_examples(train, tokenizer, **token_options)
     if not train_tokens:
         raise ValueError(f"{source}: every training example was dropped ({token_report.to_dict()}).")
-    batch_options = dict(batch_size=batch_size, sequence_length=sequence_length, mode=mode, seed=seed)
-    prepared = PreparedData(Batches(train_tokens, **batch_options), None, load_report, token_report)
+    batch_options = dict(
+        batch_size=batch_size, sequence_length=sequence_length, mode=mode, seed=seed
+    )
+    train_batches = Batches(train_tokens, **batch_options)
+    prepared = PreparedData(train_batches, None, load_report, token_report)
     if validation:
-        validation_tokens, prepared.validation_token_report = tokenize_examples(validation, tokenizer, **token_options)
+        validation_tokens, prepared.validation_token_report = tokenize_examples(
+            validation, tokenizer, **token_options
+        )
         if validation_tokens:
             prepared.validation = Batches(validation_tokens, **batch_options)
     return prepared

@@ -118,7 +118,7 @@ def _decode_line(filename, number, line):
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as error:
-        yield Row(source, problem=(INVALID_UTF8, f"invalid UTF-8 at byte {error.start}"))
+        yield Row(source, problem=_utf8_problem(error))
         return
     if number == 1:
         text = text.removeprefix("\ufeff")  # A UTF-8 byte-order mark.
@@ -127,7 +127,7 @@ def _decode_line(filename, number, line):
     try:
         yield Row(source, value=json.loads(text))
     except json.JSONDecodeError as error:
-        yield Row(source, problem=(INVALID_JSON, f"invalid JSON: {error.msg} (column {error.colno})"))
+        yield Row(source, problem=_json_problem(error))
 
 
 def _read_json(filename):
@@ -138,7 +138,7 @@ def _read_json(filename):
         text = data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
-        yield Row(f"{filename}:{line}", problem=(INVALID_UTF8, f"invalid UTF-8 at byte {error.start}"))
+        yield Row(f"{filename}:{line}", problem=_utf8_problem(error))
         return
     if not text.lstrip().startswith("["):
         try:  # One (possibly pretty-printed) object.
@@ -165,15 +165,24 @@ def _read_json(filename):
             value, position = decoder.raw_decode(text, position)
         except json.JSONDecodeError as error:
             source = f"{filename}:{error.lineno}"
-            yield Row(source, problem=(INVALID_JSON, f"invalid JSON: {error.msg} (column {error.colno})"))
+            yield Row(source, problem=_json_problem(error))
             return  # The rest of the array cannot be located reliably.
         yield Row(f"{filename}:{line}", value=value)
         position = _skip_space(text, position)
         if position < len(text) and text[position] == ",":
             position += 1
         elif position >= len(text) or text[position] != "]":
-            yield Row(f"{filename}:{_line_of(text, position)}", problem=(INVALID_JSON, "invalid JSON: expected ',' or ']'"))
+            problem = (INVALID_JSON, "invalid JSON: expected ',' or ']' after an array item")
+            yield Row(f"{filename}:{_line_of(text, position)}", problem=problem)
             return
+
+
+def _json_problem(error):
+    return (INVALID_JSON, f"invalid JSON: {error.msg} (column {error.colno})")
+
+
+def _utf8_problem(error):
+    return (INVALID_UTF8, f"invalid UTF-8 at byte {error.start}")
 
 
 def _line_of(text, position):

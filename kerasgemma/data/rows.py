@@ -51,8 +51,9 @@ def row_to_conversations(row, answers="first", include_chatgpt=False):
 
     Example:
     >>> row = {"question": "天空为什么是蓝的？", "human_answers": ["瑞利散射。"]}
-    >>> row_to_conversations(row)
-    [[{'role': 'user', 'content': '天空为什么是蓝的？'}, {'role': 'assistant', 'content': '瑞利散射。'}]]
+    >>> (conversation,) = row_to_conversations(row)
+    >>> conversation[1]
+    {'role': 'assistant', 'content': '瑞利散射。'}
     """
     if answers not in ANSWER_CHOICES:
         raise ValueError(f"answers must be one of {ANSWER_CHOICES}, got {answers!r}.")
@@ -84,7 +85,8 @@ def validate_messages(messages):
     (the turn the model learns from); every content a non-blank string.
 
     Example:
-    >>> validate_messages([{"role": "user", "content": "hi "}, {"role": "assistant", "content": "hello"}])
+    >>> validate_messages([{"role": "user", "content": "hi "},
+    ...                    {"role": "assistant", "content": "hello"}])
     [{'role': 'user', 'content': 'hi'}, {'role': 'assistant', 'content': 'hello'}]
     >>> validate_messages([{"role": "user", "content": "hi"}])
     Traceback (most recent call last):
@@ -95,15 +97,18 @@ def validate_messages(messages):
         raise RowError(WRONG_TYPE, f"'messages' must be a list, got {_type_name(messages)}")
     cleaned = []
     for index, message in enumerate(messages):
+        where = f"messages[{index}]"
         if not isinstance(message, dict):
-            raise RowError(WRONG_TYPE, f"messages[{index}] must be an object, got {_type_name(message)}")
+            raise RowError(WRONG_TYPE, f"{where} must be an object, got {_type_name(message)}")
         role, content = message.get("role"), message.get("content")
         if role not in ROLES:
-            raise RowError(BAD_MESSAGES, f"messages[{index}] has role {role!r}; expected one of {ROLES}")
+            raise RowError(BAD_MESSAGES, f"{where} has role {role!r}; expected one of {ROLES}")
         if not isinstance(content, str):
-            raise RowError(WRONG_TYPE, f"messages[{index}].content must be a string, got {_type_name(content)}")
+            raise RowError(
+                WRONG_TYPE, f"{where}.content must be a string, got {_type_name(content)}"
+            )
         if not content.strip():
-            raise RowError(BAD_MESSAGES, f"messages[{index}].content is empty or whitespace-only")
+            raise RowError(BAD_MESSAGES, f"{where}.content is empty or whitespace-only")
         cleaned.append({"role": role, "content": content.strip()})
     turns = cleaned[1:] if cleaned and cleaned[0]["role"] == "system" else cleaned
     for index, message in enumerate(turns):
@@ -139,10 +144,20 @@ def _answers(row, field):
         raise RowError(WRONG_TYPE, f"'{field}' must be a list of strings, got {_type_name(values)}")
     for index, value in enumerate(values):
         if not isinstance(value, str):
-            raise RowError(WRONG_TYPE, f"'{field}'[{index}] must be a string, got {_type_name(value)}")
+            raise RowError(
+                WRONG_TYPE, f"'{field}'[{index}] must be a string, got {_type_name(value)}"
+            )
     return [value.strip() for value in values if value.strip()]
 
 
 def _type_name(value):
-    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
-    return names.get(type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)
+    names = {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }
+    return names.get(type(value), type(value).__name__)
