@@ -99,3 +99,8 @@ def test_hub_route_downloads_the_raw_subset_file(hc3_file, monkeypatch):
                         subset="baike", validation_fraction=0.0)
     assert calls[-1][:2] == ("Hello-SimpleAI/HC3-Chinese", "baike.jsonl")
     assert data.summary()["train_examples"] == 3 and data.validation is None
+
+
+def test_split_never_empties_train():
+    one = [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}]
+    assert split_examples(one, validation_fraction=0.5, seed=0) == (one, [])

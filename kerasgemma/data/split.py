@@ -12,7 +12,8 @@ def split_examples(examples, validation_fraction=0.05, seed=0):
     several answers, `answers="all"`) go to the same side, so validation
     never asks a question the model was trained on. About
     `validation_fraction` of the questions (at least one when the fraction
-    is positive) go to validation; order within each side is kept.
+    is positive, and never all of them) go to validation; order within each
+    side is kept.
 
     Args:
         examples: list of example dicts with `messages`.
@@ -36,6 +37,7 @@ def split_examples(examples, validation_fraction=0.05, seed=0):
     keys = [_question_key(example["messages"]) for example in examples]
     questions = list(dict.fromkeys(keys))
     count = math.ceil(validation_fraction * len(questions)) if validation_fraction else 0
+    count = min(count, len(questions) - 1)  # Never hold out the only question(s) to train on.
     order = np.random.default_rng(seed).permutation(len(questions))
     held_out = {questions[i] for i in order[:count]}
     train = [e for e, key in zip(examples, keys) if key not in held_out]
