@@ -35,8 +35,8 @@ class TrainConfig:
         include_chatgpt: also train on ChatGPT answers.
         on_error: "raise" on a bad row, or "skip" and count it.
         template: "gemma" chat format or the reference notebook's "plain".
-        loss_on: "completion" (model turns only) or "all" tokens.
-        truncation: "answer" (cut the answer's end) or "drop" long examples.
+        loss: "completion" (model turns only) or "full" (every token).
+        overflow: "truncate" (cut the answer's end) or "drop" long examples.
         batching: "pack" (default), "bucket" or "pad".
         sequence_length: tokens per row.
         batch_size: rows per micro-batch.
@@ -63,8 +63,8 @@ class TrainConfig:
     include_chatgpt: bool = False
     on_error: str = "raise"
     template: str = "gemma"
-    loss_on: str = "completion"
-    truncation: str = "answer"
+    loss: str = "completion"
+    overflow: str = "truncate"
     batching: str = "pack"
     sequence_length: int = 512
     batch_size: int = 4

@@ -38,16 +38,20 @@ def build_tiny_tokenizer_proto(texts=(), vocabulary_size=600):
 
     Args:
         texts: iterable of str. Extra training text (e.g. the training data).
-        vocabulary_size: int. Target size; SentencePiece may stop earlier.
+        vocabulary_size: int. Target size; raised to fit every character of
+            `texts` (SentencePiece requires it), and it may stop earlier.
 
     Example:
     >>> proto = build_tiny_tokenizer_proto(["你好，世界"], vocabulary_size=300)
     >>> len(proto) > 0
     True
     """
+    texts = list(texts) + _TINY_CORPUS_EXTRA
+    characters = len(set("".join(texts)))
+    vocabulary_size = max(vocabulary_size, characters + 300 + len(TURN_PIECES + IMAGE_PIECES))
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(list(texts) + _TINY_CORPUS_EXTRA),
+        sentence_iterator=iter(texts),
         model_writer=model,
         model_type="bpe",
         vocab_size=vocabulary_size,

@@ -1,9 +1,9 @@
 """The training loop: jitted steps, evaluation, checkpoints, resume, metrics.
 
-One `Trainer` owns a model, a config, the packed batches of one epoch and a
-run folder. `fit()` runs from step 0 or from the newest checkpoint in the
-run folder; the data order of epoch e is a seeded permutation, so a resumed
-run sees exactly the batches the uninterrupted run would have seen.
+One `Trainer` owns a model, a config, the training batches (a
+`kerasgemma.data.Batches`) and a run folder. `fit()` runs from step 0 or from
+a restored checkpoint; the data order of epoch e is a seeded permutation, so a
+resumed run sees exactly the batches the uninterrupted run would have seen.
 """
 
 import math
@@ -35,7 +35,8 @@ class Trainer:
     Args:
         causal_lm: a keras-hub causal LM with LoRA enabled.
         config: `kerasgemma.config.TrainConfig`.
-        train_batches: list of batch dicts (one epoch, see `kerasgemma.data`).
+        train_batches: `kerasgemma.data.Batches` (anything with `len()` and
+            `epoch(epoch, start_batch)` yielding batch dicts).
         val_batches: list of batch dicts for validation (may be empty).
         run_dir: `pathlib.Path` of the run folder (must exist).
         on_evaluate: optional `callback(trainer, step, record)` called after
@@ -44,19 +45,25 @@ class Trainer:
     Example:
     >>> import tempfile, pathlib, numpy as np
     >>> from kerasgemma.config import TrainConfig
+    >>> from kerasgemma.data import Batches, TokenizedExample
     >>> from kerasgemma.model import load_causal_lm, enable_lora
     >>> lm = load_causal_lm("tiny:gemma")
     >>> _ = enable_lora(lm, rank=2)
-    >>> b = {"token_ids": np.full((1, 8), 9, np.int32), "target_ids": np.full((1, 8), 9, np.int32),
-    ...      "loss_weights": np.ones((1, 8), np.float32), "segment_ids": np.ones((1, 8), np.int32)}
-    >>> trainer = Trainer(lm, TrainConfig(max_steps=2, learning_rate=1e-2), [b], [b],
-    ...                   pathlib.Path(tempfile.mkdtemp()), progress=False)
+    >>> ids = np.full(9, 9, np.int32)
+    >>> batches = Batches([TokenizedExample(ids, np.ones(9, np.int8))], batch_size=1, sequence_length=8)
+    >>> trainer = Trainer(lm, TrainConfig(max_steps=2, learning_rate=1e-2), batches,
+    ...                   list(batches.epoch(0)), pathlib.Path(tempfile.mkdtemp()), progress=False)
     >>> summary = trainer.fit()
     >>> summary["step"], summary["val_loss"] < summary["initial_val_loss"]
     (2, True)
     """
 
     def __init__(self, causal_lm, config, train_batches, val_batches, run_dir, on_evaluate=None, progress=True):
+        if config.grad_accum_steps > 1 and len(getattr(train_batches, "shapes", [None])) > 1:
+            raise ValueError(
+                "Gradient accumulation needs batches of one shape: use batching='pack' or 'pad', "
+                "not 'bucket', with grad_accum_steps > 1."
+            )
         if len(train_batches) < config.grad_accum_steps:
             raise ValueError(
                 f"Only {len(train_batches)} training batches for grad_accum_steps="
@@ -75,22 +82,31 @@ class Trainer:
         self.train_step = make_train_step(causal_lm, self.optimizer)
         self.eval_step = make_eval_step(causal_lm)
         self.metrics = MetricsLog(run_dir)
+        self._cursor, self._iterator = None, None
         self.step = 0
+        # The train step donates (trainable, optimizer) buffers: start from
+        # copies so the Keras variables stay valid until `sync_model`.
         self.state = (
-            [v.value for v in causal_lm.trainable_variables],
-            [v.value for v in causal_lm.non_trainable_variables],
-            [v.value for v in self.optimizer.variables],
+            [jax.numpy.array(v.value) for v in causal_lm.trainable_variables],
+            [jax.numpy.array(v.value) for v in self.optimizer.variables],
         )
+        self.non_trainable = [v.value for v in causal_lm.non_trainable_variables]
 
     # -- data order -------------------------------------------------------
 
     def batches_for_step(self, step):
-        """The micro-batches of optimizer step `step` (0-based), deterministic."""
+        """The micro-batches of optimizer step `step` (0-based), deterministic.
+
+        Batches are read in order from one epoch iterator; a jump (the first
+        step, a resume, a new epoch) starts the epoch's iterator at the right
+        batch. A trailing batch that does not fill an accumulation is skipped.
+        """
         epoch, index = divmod(step, self.steps_per_epoch)
-        order = np.random.default_rng([self.config.seed, epoch]).permutation(len(self.train_batches))
         accum = self.config.grad_accum_steps
-        chosen = order[index * accum : (index + 1) * accum]
-        return [self.train_batches[i] for i in chosen]
+        if self._cursor != (epoch, index):
+            self._iterator = self.train_batches.epoch(epoch, start_batch=index * accum)
+        self._cursor = (epoch, index + 1)
+        return [next(self._iterator) for _ in range(accum)]
 
     # -- state ------------------------------------------------------------
 
@@ -102,12 +118,11 @@ class Trainer:
     def restore(self, path):
         """Load a checkpoint into the trainer and the model."""
         saved = checkpoint.load_checkpoint(path)
-        trainable, non_trainable, optimizer_variables = self.state
+        trainable, optimizer_variables = self.state
         if len(saved["trainable"]) != len(trainable) or len(saved["optimizer"]) != len(optimizer_variables):
             raise ValueError(f"{path}: checkpoint does not match this model's LoRA settings.")
         self.state = (
             [jax.numpy.asarray(v) for v in saved["trainable"]],
-            non_trainable,
             [jax.numpy.asarray(v) for v in saved["optimizer"]],
         )
         self.step = saved["progress"]["step"]
@@ -120,7 +135,7 @@ class Trainer:
             self.run_dir,
             self.step,
             self.state[0],
-            self.state[2],
+            self.state[1],
             {"epoch": epoch, "batch": index * self.config.grad_accum_steps},
             keep=self.config.keep_checkpoints,
         )
@@ -133,7 +148,7 @@ class Trainer:
             return {}
         total, count = 0.0, 0.0
         for batch in self.val_batches:
-            batch_total, batch_count = self.eval_step(self.state[0], self.state[1], batch)
+            batch_total, batch_count = self.eval_step(self.state[0], self.non_trainable, batch)
             total += float(batch_total)
             count += float(batch_count)
         loss = total / max(count, 1.0)
@@ -142,9 +157,16 @@ class Trainer:
     # -- the loop ---------------------------------------------------------
 
     def _record_losses(self, pending, bar):
-        """Fetch queued step losses from the device (one sync), log and check them."""
-        for step, loss, tokens, seconds in pending:
-            loss = float(loss)
+        """Fetch queued step losses from the device (one sync), log and check them.
+
+        Steps are dispatched asynchronously, so throughput is measured over
+        the whole window between two syncs, not per dispatch.
+        """
+        losses = [float(loss) for _, loss, _ in pending]
+        now = time.perf_counter()
+        tokens_per_second = sum(tokens for _, _, tokens in pending) / max(now - self._window_start, 1e-9)
+        self._window_start = now
+        for (step, _, tokens), loss in zip(pending, losses):
             if not math.isfinite(loss):
                 last = checkpoint.latest_checkpoint(self.run_dir)
                 raise TrainingDiverged(
@@ -152,10 +174,9 @@ class Trainer:
                     + (f"The last good checkpoint is {last}." if last else "No checkpoint was saved yet.")
                     + " Lower the learning rate or check the data."
                 )
-            record = {"step": step, "train_loss": loss, "tokens": tokens, "tokens_per_second": tokens / seconds}
-            self.metrics.write(record)
-            if bar is not None:
-                bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens / seconds:,.0f}")
+            self.metrics.write({"step": step, "train_loss": loss, "tokens": tokens, "tokens_per_second": tokens_per_second})
+        if bar is not None and pending:
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", tok_s=f"{tokens_per_second:,.0f}")
         pending.clear()
 
     def fit(self, log_every=1):
@@ -170,19 +191,17 @@ class Trainer:
             self.metrics.write({"step": self.step, **initial})
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", disable=not self.progress)
         pending, tokens_seen, started = [], 0, time.perf_counter()
-        last_time = started
+        self._window_start = started
         while self.step < self.total_steps:
             micro_batches = self.batches_for_step(self.step)
             tokens = int(sum(np.count_nonzero(b["segment_ids"]) for b in micro_batches))
-            self.state, loss, _ = self.train_step(self.state, stack_micro_batches(micro_batches))
+            self.state, loss, _ = self.train_step(self.state, self.non_trainable, stack_micro_batches(micro_batches))
             self.step += 1
             tokens_seen += tokens
             is_last = self.step == self.total_steps
             do_eval = is_last or (config.eval_every and self.step % config.eval_every == 0)
             do_save = is_last or (config.save_every and self.step % config.save_every == 0)
-            now = time.perf_counter()
-            pending.append((self.step, loss, tokens, max(now - last_time, 1e-9)))
-            last_time = now
+            pending.append((self.step, loss, tokens))
             if do_eval or do_save or self.step % log_every == 0:
                 self._record_losses(pending, bar)
             bar.update(1)
@@ -192,9 +211,10 @@ class Trainer:
                 if self.on_evaluate is not None:
                     self.sync_model()
                     self.on_evaluate(self, self.step, record)
+                self._window_start = time.perf_counter()
             if do_save:
                 self.save()
-            last_time = time.perf_counter()
+                self._window_start = time.perf_counter()
         bar.close()
         self.sync_model()
         records = self.metrics.read()

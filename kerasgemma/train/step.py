@@ -40,11 +40,13 @@ def stack_micro_batches(batches):
 
 
 def make_train_step(causal_lm, optimizer):
-    """A jitted `step(state, micro_batches) -> (state, loss, tokens)`.
+    """A jitted `step(state, non_trainable, micro_batches) -> (state, loss, tokens)`.
 
-    `state` is `(trainable, non_trainable, optimizer_variables)`, lists of
-    arrays; `micro_batches` is a batch dict whose arrays have a leading
-    micro-batch axis (see `stack_micro_batches`). The state is donated.
+    `state` is `(trainable, optimizer_variables)`, lists of arrays, and is
+    donated (updated in place on the device); `non_trainable` (the frozen
+    base weights) is only read, so it stays shared with the Keras model;
+    `micro_batches` is a batch dict whose arrays have a leading micro-batch
+    axis (see `stack_micro_batches`).
     """
 
     def grad_fn(trainable, non_trainable, batch):
@@ -54,8 +56,8 @@ def make_train_step(causal_lm, optimizer):
         (total, count), grads = jax.value_and_grad(loss, has_aux=True)(trainable)
         return total, count, grads
 
-    def step(state, micro_batches):
-        trainable, non_trainable, optimizer_variables = state
+    def step(state, non_trainable, micro_batches):
+        trainable, optimizer_variables = state
 
         def accumulate(carry, batch):
             total, count, grads = carry
@@ -72,7 +74,7 @@ def make_train_step(causal_lm, optimizer):
         trainable, optimizer_variables = optimizer.stateless_apply(
             optimizer_variables, grads, trainable
         )
-        return (trainable, non_trainable, optimizer_variables), total * scale, count
+        return (trainable, optimizer_variables), total * scale, count
 
     return jax.jit(step, donate_argnums=0)
 

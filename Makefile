@@ -1,0 +1,30 @@
+# Two entry points for a fresh machine (see README):
+#   make demo   create .venv, then fine-tune + export + verify on the embedded default
+#   make test   create .venv, then run the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN = $(VENV)/bin
+STAMP = $(VENV)/.installed
+export KERAS_BACKEND = jax
+# Keep TensorFlow (pulled in by tensorflow-text) quiet and off the GPU.
+export TF_CPP_MIN_LOG_LEVEL = 3
+
+.PHONY: demo test env clean
+
+env: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/kerasgemma demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,61 @@
+"""Command-line flags generated from `TrainConfig`, layered over a config file.
+
+Order of precedence: defaults < `--config FILE` (YAML/JSON) < flags.
+"""
+
+import argparse
+import dataclasses
+import types
+import typing
+
+from kerasgemma.config import TrainConfig
+
+# Short spellings people type for the most used settings.
+ALIASES = {"learning_rate": ["--lr"], "lora_rank": ["--rank"]}
+
+
+def _parse_optional(kind):
+    def parse(text):
+        return None if text.lower() in ("none", "null") else kind(text)
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def add_config_arguments(parser):
+    """Add `--config` and one flag per `TrainConfig` field to `parser`.
+
+    Example:
+    >>> parser = argparse.ArgumentParser()
+    >>> add_config_arguments(parser)
+    >>> config_from_args(parser.parse_args(["--lr", "1e-4", "--max-steps", "3"])).learning_rate
+    0.0001
+    """
+    parser.add_argument("--config", help="YAML or JSON file of settings; flags override it.")
+    hints = typing.get_type_hints(TrainConfig)
+    for field in dataclasses.fields(TrainConfig):
+        hint = hints[field.name]
+        flags = ["--" + field.name.replace("_", "-")] + ALIASES.get(field.name, [])
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        help_text = f"default: {default!r}"
+        options = {"dest": field.name, "default": argparse.SUPPRESS, "help": help_text}
+        args = typing.get_args(hint)
+        if hint is bool:
+            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, **options)
+        elif typing.get_origin(hint) is list:
+            parser.add_argument(*flags, nargs="*", type=args[0], **options)
+        elif isinstance(hint, types.UnionType) and type(None) in args:
+            kind = next(arg for arg in args if arg is not type(None))
+            parser.add_argument(*flags, type=_parse_optional(kind), metavar=kind.__name__.upper(), **options)
+        else:
+            parser.add_argument(*flags, type=hint, metavar=hint.__name__.upper(), **options)
+
+
+def config_from_args(args, base=None):
+    """Resolve a `TrainConfig` from parsed arguments (file, then flags)."""
+    config = base or TrainConfig()
+    if getattr(args, "config", None):
+        config = TrainConfig.from_file(args.config)
+    names = {field.name for field in dataclasses.fields(TrainConfig)}
+    overrides = {key: value for key, value in vars(args).items() if key in names}
+    return dataclasses.replace(config, **overrides)

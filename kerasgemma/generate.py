@@ -1,0 +1,105 @@
+"""Text generation: greedy or sampled, stopping at `<end_of_turn>`, batched.
+
+Thin layer over keras-hub's `CausalLM.generate` and samplers; it adds the
+chat formatting used in training and a token budget counted from the prompt
+(keras-hub's `max_length` counts prompt and answer together).
+"""
+
+from kerasgemma.backend import ensure_jax_backend
+
+ensure_jax_backend()
+
+import keras_hub  # noqa: E402
+
+END_OF_TURN = "<end_of_turn>"
+
+
+def make_sampler(sampler="greedy", temperature=1.0, top_k=None, top_p=None, seed=None):
+    """A keras-hub sampler from plain settings.
+
+    Args:
+        sampler: "greedy", "top_k", "top_p" (nucleus) or "random".
+        temperature: float. Softmax temperature for the sampling kinds.
+        top_k: int. k for "top_k" (and an optional cap for "top_p").
+        top_p: float. p for "top_p".
+        seed: int or None. Seed for reproducible sampling.
+
+    Example:
+    >>> type(make_sampler("top_p", top_p=0.9, temperature=0.7, seed=1)).__name__
+    'TopPSampler'
+    """
+    samplers = keras_hub.samplers
+    if sampler == "greedy":
+        return samplers.GreedySampler()
+    if sampler == "top_k":
+        return samplers.TopKSampler(k=top_k or 50, temperature=temperature, seed=seed)
+    if sampler == "top_p":
+        return samplers.TopPSampler(p=top_p or 0.9, k=top_k, temperature=temperature, seed=seed)
+    if sampler == "random":
+        return samplers.RandomSampler(temperature=temperature, seed=seed)
+    raise ValueError(f"Unknown sampler {sampler!r}: use greedy, top_k, top_p or random.")
+
+
+def stop_token_ids(tokenizer):
+    """End-of-sequence and `<end_of_turn>` ids of a Gemma tokenizer."""
+    ids = [tokenizer.end_token_id]
+    if END_OF_TURN in tokenizer.get_vocabulary():
+        ids.append(tokenizer.token_to_id(END_OF_TURN))
+    return tuple(ids)
+
+
+def generate(causal_lm, prompts, max_new_tokens=64, sampler="greedy", **sampler_args):
+    """Continue each prompt (raw text, BOS added by the model) until a stop token.
+
+    Args:
+        causal_lm: a keras-hub causal LM with a preprocessor.
+        prompts: str or list of str.
+        max_new_tokens: int. Most tokens to add to the longest prompt.
+        sampler: see `make_sampler`; `sampler_args` go there too.
+
+    Returns the completions (prompt removed, stop token and anything after
+    it dropped), a str for a str prompt, else a list.
+
+    Example:
+    >>> from kerasgemma.model import load_causal_lm
+    >>> lm = load_causal_lm("tiny:gemma")
+    >>> isinstance(generate(lm, "你好", max_new_tokens=4), str)
+    True
+    """
+    single = isinstance(prompts, str)
+    prompts = [prompts] if single else list(prompts)
+    tokenizer = causal_lm.preprocessor.tokenizer
+    longest = max(len(tokenizer(prompt)) for prompt in prompts) + 1  # + BOS
+    causal_lm.compile(sampler=make_sampler(sampler, **sampler_args))
+    outputs = causal_lm.generate(
+        prompts,
+        max_length=longest + max_new_tokens,
+        stop_token_ids=stop_token_ids(tokenizer),
+        strip_prompt=True,
+    )
+    outputs = [text.split(END_OF_TURN)[0] for text in outputs]
+    return outputs[0] if single else outputs
+
+
+def chat(causal_lm, messages, max_new_tokens=128, template="gemma", **generate_args):
+    """Answer a conversation formatted exactly as in training.
+
+    Args:
+        causal_lm: a keras-hub causal LM.
+        messages: list of `{"role", "content"}` dicts, or a list of such lists
+            for a batch.
+        template: "gemma" or "plain", as in `kerasgemma.data`.
+
+    Example:
+    >>> from kerasgemma.model import load_causal_lm
+    >>> lm = load_causal_lm("tiny:gemma3")
+    >>> isinstance(chat(lm, [{"role": "user", "content": "你好"}], max_new_tokens=3), str)
+    True
+    """
+    from kerasgemma.data import generation_prompt
+
+    single = isinstance(messages[0], dict)
+    conversations = [messages] if single else messages
+    prompts = [generation_prompt(conversation, template=template) for conversation in conversations]
+    answers = generate(causal_lm, prompts, max_new_tokens=max_new_tokens, **generate_args)
+    return answers[0] if single else answers
