@@ -12,6 +12,7 @@ interrupted build is simply built again.
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 
@@ -72,7 +73,7 @@ def convert_gguf_to_preset(gguf_file, preset_dir, progress=True):
     with tempfile.TemporaryDirectory(dir=os.path.dirname(preset_dir)) as hf_dir:
         write_hf_checkpoint(gguf_file, hf_dir, progress=progress)
         if progress:
-            print("Converting to Keras with keras-hub...", flush=True)
+            print("Converting to Keras with keras-hub...", file=sys.stderr)
         # float32: the weights are dequantized values, and parity with
         # transformers is checked in float32 (shared DESIGN.md).
         causal_lm = keras_hub.models.Gemma3CausalLM.from_preset(

@@ -1,0 +1,38 @@
+"""`kerasgemma offline-model`: flags, and the preset path as the last line."""
+
+import argparse
+
+from kerasgemma.offline import command, preset
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser()
+    command.add_parser(parser.add_subparsers())
+    return parser.parse_args(["offline-model"] + argv)
+
+
+def test_prints_path_last(monkeypatch, capsys, tmp_path):
+    calls = []
+
+    def fake_build(cache_dir=None, force=False, progress=True):
+        calls.append((cache_dir, force))
+        print("progress chatter")
+        return str(tmp_path / preset.OFFLINE_PRESET_NAME)
+
+    monkeypatch.setattr(preset, "build_offline_preset", fake_build)
+    args = parse(["--cache-dir", str(tmp_path), "--force"])
+    assert command.run(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == str(tmp_path / preset.OFFLINE_PRESET_NAME)
+    assert calls == [(str(tmp_path), True)]
+
+
+def test_missing_package_is_a_clear_error(monkeypatch, capsys):
+    def fake_build(cache_dir=None, force=False, progress=True):
+        raise ImportError("The offline Gemma 3 270M needs its PyPI packages")
+
+    monkeypatch.setattr(preset, "build_offline_preset", fake_build)
+    assert command.run(parse([])) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("error: The offline Gemma 3 270M needs")

@@ -1,0 +1,123 @@
+"""The real Gemma 3 270M built offline: Keras logits equal transformers'.
+
+The preset is built once per test session in a fresh temporary cache (not
+the user's ~/.cache/kerasgemma): CI then always exercises the whole build
+from the PyPI packages, and a stale or hand-edited user cache can neither
+hide a regression nor be touched by the tests. It costs about a minute.
+
+The reference is transformers' own GGUF loader on the same file (its own
+dequantization, name mapping and 1 + w norm handling), so a mistake in our
+mapping cannot cancel out. Both run in float32 (shared DESIGN.md: compare
+exports in float32).
+"""
+
+import os
+import time
+
+import keras_hub
+import numpy as np
+import pytest
+
+from kerasgemma.offline import OFFLINE_PRESET_NAME, build_offline_preset
+from kerasgemma.offline.gguf_file import import_gguf_package
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = [
+    "中国的首都是",
+    "<start_of_turn>user\n为什么天空是蓝色的？<end_of_turn>\n<start_of_turn>model\n",
+    "The capital of France is",
+    "Keras 3 支持 JAX、TensorFlow 和 PyTorch 三种后端。 def f(x):\n    return x",
+    "1 2 3 4 5 6 7 8 9",
+]
+# Measured max |Δ| was 3.6e-5 to 1.1e-4 on logits up to ~100 in magnitude
+# (float32 rounding differences between XLA and PyTorch); a wrong mapping
+# (norm offset, head layout) moves logits by O(1).
+LOGITS_ATOL = 1e-3
+
+
+@pytest.fixture(scope="session")
+def offline_cache(tmp_path_factory):
+    cache_dir = str(tmp_path_factory.mktemp("kerasgemma_cache"))
+    start = time.perf_counter()
+    path = build_offline_preset(cache_dir, progress=False)
+    print(f"offline preset built in {time.perf_counter() - start:.1f} s")
+    return cache_dir, path
+
+
+@pytest.fixture(scope="session")
+def keras_lm(offline_cache):
+    return keras_hub.models.Gemma3CausalLM.from_preset(offline_cache[1])
+
+
+@pytest.fixture(scope="session")
+def hf_reference(offline_cache):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cache_dir, _ = offline_cache
+    gguf_name = import_gguf_package().MODEL_NAME
+    model = AutoModelForCausalLM.from_pretrained(
+        cache_dir, gguf_file=gguf_name, dtype=torch.float32
+    )
+    tokenizer = AutoTokenizer.from_pretrained(cache_dir, gguf_file=gguf_name)
+    return model.eval(), tokenizer
+
+
+def test_preset_is_cached(offline_cache):
+    cache_dir, path = offline_cache
+    assert path == os.path.join(cache_dir, OFFLINE_PRESET_NAME)
+    start = time.perf_counter()
+    assert build_offline_preset(cache_dir, progress=False) == path
+    assert time.perf_counter() - start < 1.0
+    size = sum(
+        os.path.getsize(os.path.join(folder, name))
+        for folder, _, names in os.walk(path)
+        for name in names
+    )
+    print(f"preset size: {size / 2**20:.0f} MiB")
+
+
+def test_preset_config(keras_lm):
+    backbone = keras_lm.backbone
+    assert backbone.num_layers == 18
+    assert backbone.vocabulary_size == 262144
+    assert backbone.hidden_dim == 640
+    assert keras_lm.preprocessor.tokenizer.start_token_id == 2
+    assert keras_lm.preprocessor.tokenizer.end_token_id == 1
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_logits_match_transformers(keras_lm, hf_reference, prompt):
+    import torch
+
+    model, tokenizer = hf_reference
+    token_ids = tokenizer(prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        expected = model(token_ids).logits[0].numpy()
+    keras_ids = keras_lm.preprocessor.tokenizer(prompt)
+    assert [2] + [int(i) for i in keras_ids] == token_ids[0].tolist()
+
+    ids = token_ids.numpy().astype("int32")
+    logits = keras_lm({"token_ids": ids, "padding_mask": np.ones_like(ids)})
+    logits = np.asarray(logits)[0]
+    delta = np.abs(logits - expected).max()
+    print(f"{prompt[:12]!r}: {ids.shape[1]} tokens, max |Δlogits| {delta:.2e}")
+    assert delta < LOGITS_ATOL
+    assert (logits.argmax(-1) == expected.argmax(-1)).all()
+
+
+def test_greedy_generation_matches_transformers(keras_lm, hf_reference):
+    import torch
+
+    model, tokenizer = hf_reference
+    prompt = "中国的首都是"
+    keras_lm.compile(sampler="greedy")
+    keras_text = keras_lm.generate(prompt, max_length=24, strip_prompt=False)
+    token_ids = tokenizer(prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        output = model.generate(token_ids, max_length=24, do_sample=False)
+    hf_text = tokenizer.decode(output[0], skip_special_tokens=True)
+    print(f"greedy: {keras_text!r}")
+    assert keras_text == hf_text
+    assert keras_text.startswith(prompt) and len(keras_text) > len(prompt)
