@@ -1,0 +1,66 @@
+"""Export a Keras Gemma causal LM (LoRA merged) as a transformers folder."""
+
+import json
+import os
+
+from kerasgemma.export.folder import atomic_folder
+from kerasgemma.export.hf_config import hf_config
+from kerasgemma.export.safetensors_io import write_sharded
+from kerasgemma.export.tokenizer_files import write_tokenizer_files
+from kerasgemma.export.weights import hf_tensors
+
+CONFIG_FILE = "config.json"
+
+
+def export_merged(
+    causal_lm,
+    output_dir,
+    dtype="bfloat16",
+    max_shard_size="2GB",
+    merge_lora=True,
+    chat_template=None,
+    progress=None,
+):
+    """Write `causal_lm` as a Hugging Face folder transformers loads directly.
+
+    The folder holds `config.json`, safetensors weights (sharded with an index
+    above `max_shard_size`), `tokenizer.model`, `tokenizer_config.json` with
+    the chat template, `special_tokens_map.json`, `tokenizer.json` when it is
+    faithful, and `generation_config.json`. Tensors are converted and written
+    one by one, and the folder appears only once complete.
+
+    Args:
+        causal_lm: `keras_hub.models.GemmaCausalLM` or `Gemma3CausalLM`
+            (text only), with or without LoRA.
+        output_dir: str or path. Folder to create (replaced if it exists).
+        dtype: str. "bfloat16" (default), "float16" or "float32".
+        max_shard_size: int or str. Largest safetensors file, e.g. "2GB".
+        merge_lora: bool. Merge LoRA into the weights (True), or write the
+            frozen base weights a PEFT adapter applies to (False).
+        chat_template: str or None. Jinja chat template; None for Gemma's.
+        progress: callable or None. Wraps the tensor iterator, e.g.
+            `functools.partial(tqdm.tqdm, total=n)`, to show progress.
+
+    Returns:
+        str, the absolute path of the folder.
+
+    Example:
+    >>> import tempfile, transformers
+    >>> from kerasgemma.tiny import build_tiny_causal_lm
+    >>> lm = build_tiny_causal_lm("gemma3")
+    >>> folder = export_merged(lm, tempfile.mkdtemp() + "/hf", dtype="float32")
+    >>> type(transformers.AutoModelForCausalLM.from_pretrained(folder)).__name__
+    'Gemma3ForCausalLM'
+    """
+    backbone = causal_lm.backbone
+    tokenizer = causal_lm.preprocessor.tokenizer
+    config = hf_config(backbone, tokenizer, dtype=dtype)
+    with atomic_folder(output_dir) as scratch:
+        tensors = hf_tensors(backbone, merge_lora=merge_lora)
+        if progress is not None:
+            tensors = progress(tensors)
+        write_sharded(tensors, scratch, dtype=dtype, max_shard_size=max_shard_size)
+        with open(os.path.join(scratch, CONFIG_FILE), "w") as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+        write_tokenizer_files(tokenizer, scratch, chat_template=chat_template)
+    return os.path.abspath(os.fspath(output_dir))

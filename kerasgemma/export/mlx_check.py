@@ -1,0 +1,44 @@
+"""Greedy generation with mlx-lm from an exported folder, where installed.
+
+mlx-lm reads config.json itself (its own Gemma classes, its own flat keys
+such as `sliding_window_pattern` and `rope_local_base_freq`), so agreeing
+with transformers here is a separate check of the folder.
+"""
+
+
+def mlx_greedy(folder, prompt_ids, max_new_tokens, stop_ids):
+    """Greedy tokens mlx-lm generates (float32) per prompt; None without mlx-lm.
+
+    Args:
+        folder: str. An exported (merged) folder.
+        prompt_ids: list of lists of int. Prompts with their bos id.
+        max_new_tokens: int. Tokens to generate at most.
+        stop_ids: set of int. Generation stops after one of these.
+
+    Example:
+    >>> import tempfile
+    >>> from kerasgemma.tiny import build_tiny_causal_lm
+    >>> from kerasgemma.export import export_merged
+    >>> folder = export_merged(build_tiny_causal_lm("gemma"), tempfile.mkdtemp() + "/hf")
+    >>> tokens = mlx_greedy(folder, [[2, 10, 11]], 3, {1})
+    >>> tokens is None or len(tokens[0]) <= 3
+    True
+    """
+    try:
+        import mlx.core as mx
+        from mlx_lm import load
+        from mlx_lm.generate import generate_step
+    except ImportError:
+        return None
+    model, _ = load(folder)
+    # Same precision as the transformers check: the folder's weights, upcast.
+    model.set_dtype(mx.float32)
+    results = []
+    for ids in prompt_ids:
+        tokens = []
+        for token, _ in generate_step(mx.array(ids), model, max_tokens=max_new_tokens):
+            tokens.append(int(token))
+            if tokens[-1] in stop_ids:
+                break
+        results.append(tokens)
+    return results

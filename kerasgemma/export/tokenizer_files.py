@@ -1,0 +1,181 @@
+"""Tokenizer and generation files of an exported Gemma folder.
+
+The Keras tokenizer's SentencePiece model is written as-is (`tokenizer.model`),
+with the chat template and special tokens transformers needs to build chat
+prompts, and a `generation_config.json` whose stop tokens include
+`<end_of_turn>` (without it chat generation runs past the end of the answer).
+`tokenizer.json` is added only when the fast tokenizer built from it gives
+the Keras ids on every probe text; otherwise transformers converts
+`tokenizer.model` itself at load time.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+
+TOKENIZER_MODEL = "tokenizer.model"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+TOKENIZER_JSON = "tokenizer.json"
+SPECIAL_TOKENS_MAP = "special_tokens_map.json"
+GENERATION_CONFIG = "generation_config.json"
+
+START_OF_TURN = "<start_of_turn>"
+END_OF_TURN = "<end_of_turn>"
+_SPECIAL = {
+    "bos_token": "<bos>",
+    "eos_token": "<eos>",
+    "pad_token": "<pad>",
+    "unk_token": "<unk>",
+}
+
+# Texts where a wrong conversion shows: CJK, whitespace runs, digits, turn
+# markers, byte-fallback characters.
+PROBE_TEXTS = (
+    "问题：中国的首都是哪里？答案：北京。",
+    "  two  spaces\n\n\tand a tab    trailing",
+    f"{START_OF_TURN}user\n你好{END_OF_TURN}\n{START_OF_TURN}model\n",
+    "Digits 0123456789, emoji 😀, rare 龘.",
+    " leading space and <b>html</b>",
+)
+
+
+def _default_chat_template():
+    # One copy of Gemma's template lives with the data formatter that
+    # produced the training text; the exported one must be the same string.
+    from kerasgemma.data.chat_template import GEMMA_CHAT_TEMPLATE
+
+    return GEMMA_CHAT_TEMPLATE
+
+
+def _token_id(tokenizer, token):
+    token_id = tokenizer.token_to_id(token)
+    if token_id is None or tokenizer.id_to_token(token_id) != token:
+        raise ValueError(f"The tokenizer has no {token!r} token.")
+    return int(token_id)
+
+
+def special_token_ids(tokenizer):
+    """`{token: id}` of Gemma's special and turn tokens in this vocabulary.
+
+    Example:
+    >>> from kerasgemma.tiny import build_tiny_causal_lm
+    >>> tokenizer = build_tiny_causal_lm("gemma3").preprocessor.tokenizer
+    >>> ids = special_token_ids(tokenizer)
+    >>> ids["<bos>"], ids["<eos>"], ids["<end_of_turn>"] == tokenizer.token_to_id("<end_of_turn>")
+    (2, 1, True)
+    """
+    tokens = list(_SPECIAL.values()) + [START_OF_TURN, END_OF_TURN]
+    return {token: _token_id(tokenizer, token) for token in tokens}
+
+
+def tokenizer_config(tokenizer, chat_template=None, model_max_length=8192):
+    """The `tokenizer_config.json` dict (Gemma's, with the chat template).
+
+    Args:
+        tokenizer: keras-hub Gemma tokenizer.
+        chat_template: str or None. Jinja template; None for Gemma's.
+        model_max_length: int. Longest input the tokenizer reports.
+    """
+    ids = special_token_ids(tokenizer)
+    added = {
+        str(token_id): {
+            "content": token,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
+        }
+        for token, token_id in sorted(ids.items(), key=lambda item: item[1])
+    }
+    return {
+        "tokenizer_class": "GemmaTokenizer",
+        **_SPECIAL,
+        "additional_special_tokens": [START_OF_TURN, END_OF_TURN],
+        "added_tokens_decoder": added,
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+        "spaces_between_special_tokens": False,
+        "model_max_length": model_max_length,
+        "chat_template": (
+            chat_template if chat_template is not None else _default_chat_template()
+        ),
+    }
+
+
+def generation_config(tokenizer):
+    """`generation_config.json`: stop on `<eos>` or `<end_of_turn>`.
+
+    Example:
+    >>> from kerasgemma.tiny import build_tiny_causal_lm
+    >>> tokenizer = build_tiny_causal_lm("gemma").preprocessor.tokenizer
+    >>> config = generation_config(tokenizer)
+    >>> config["eos_token_id"] == [1, tokenizer.token_to_id("<end_of_turn>")]
+    True
+    """
+    ids = special_token_ids(tokenizer)
+    return {
+        "bos_token_id": ids["<bos>"],
+        "eos_token_id": [ids["<eos>"], ids[END_OF_TURN]],
+        "pad_token_id": ids["<pad>"],
+    }
+
+
+def _write_json(path, value):
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=2, ensure_ascii=False, sort_keys=True)
+        f.write("\n")
+
+
+def write_tokenizer_files(tokenizer, output_dir, chat_template=None):
+    """Write tokenizer and generation files for `tokenizer` into `output_dir`.
+
+    Args:
+        tokenizer: keras-hub Gemma tokenizer (with `.proto`).
+        output_dir: str or path. Existing folder.
+        chat_template: str or None. Jinja chat template; None for Gemma's.
+
+    Returns:
+        list of the file names written.
+    """
+    with open(os.path.join(output_dir, TOKENIZER_MODEL), "wb") as f:
+        f.write(tokenizer.proto)
+    config = tokenizer_config(tokenizer, chat_template)
+    _write_json(os.path.join(output_dir, TOKENIZER_CONFIG), config)
+    _write_json(
+        os.path.join(output_dir, SPECIAL_TOKENS_MAP),
+        {**_SPECIAL, "additional_special_tokens": [START_OF_TURN, END_OF_TURN]},
+    )
+    _write_json(os.path.join(output_dir, GENERATION_CONFIG), generation_config(tokenizer))
+    written = [TOKENIZER_MODEL, TOKENIZER_CONFIG, SPECIAL_TOKENS_MAP, GENERATION_CONFIG]
+    if _write_faithful_tokenizer_json(tokenizer, output_dir):
+        written.append(TOKENIZER_JSON)
+    return written
+
+
+def _write_faithful_tokenizer_json(tokenizer, output_dir):
+    """Add `tokenizer.json` if transformers' conversion matches Keras ids."""
+    try:
+        import transformers
+    except ImportError:
+        return False
+    with tempfile.TemporaryDirectory() as scratch:
+        converted = transformers.AutoTokenizer.from_pretrained(output_dir)
+        converted.save_pretrained(scratch)
+        candidate = os.path.join(scratch, TOKENIZER_JSON)
+        if not os.path.exists(candidate):
+            return False
+        # Load from tokenizer.json alone, the way a user's fast tokenizer will.
+        probe_dir = os.path.join(scratch, "probe")
+        os.makedirs(probe_dir)
+        shutil.copy(candidate, probe_dir)
+        shutil.copy(os.path.join(output_dir, TOKENIZER_CONFIG), probe_dir)
+        fast = transformers.AutoTokenizer.from_pretrained(probe_dir)
+        for text in PROBE_TEXTS:
+            keras_ids = [int(i) for i in tokenizer(text)]
+            if fast(text, add_special_tokens=False)["input_ids"] != keras_ids:
+                return False
+        shutil.copy(candidate, os.path.join(output_dir, TOKENIZER_JSON))
+    return True

@@ -1,0 +1,116 @@
+"""Merged export: every architecture, LoRA non-zero, transformers parity."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from kerasgemma.backend import ensure_jax_backend
+
+ensure_jax_backend()
+
+import keras_hub  # noqa: E402
+
+from kerasgemma.export import export_merged, verify_export  # noqa: E402
+from kerasgemma.tiny import build_tiny_causal_lm, tiny_backbone_config  # noqa: E402
+
+ALL_LINEAR = [
+    "query",
+    "key",
+    "value",
+    "attention_output",
+    "ffw_gating",
+    "ffw_gating_2",
+    "ffw_linear",
+]
+
+
+def lora_model(architecture, num_key_value_heads=1, num_layers=2, targets=None, rank=2):
+    """A tiny causal LM with LoRA whose A and B are random (a dropped LoRA shows)."""
+    lm = build_tiny_causal_lm(architecture, num_key_value_heads=num_key_value_heads)
+    if num_layers != lm.backbone.num_layers:
+        config = tiny_backbone_config(
+            architecture, lm.backbone.vocabulary_size, num_key_value_heads
+        )
+        backbone = type(lm.backbone)(**dict(config, num_layers=num_layers))
+        lm = type(lm)(backbone=backbone, preprocessor=lm.preprocessor)
+    lm.backbone.enable_lora(rank, target_layer_names=targets)
+    rng = np.random.default_rng(0)
+    for layer in lm.backbone._flatten_layers():
+        if getattr(layer, "lora_enabled", False):
+            layer.lora_kernel_a.assign(rng.normal(0, 0.3, layer.lora_kernel_a.shape))
+            layer.lora_kernel_b.assign(rng.normal(0, 0.3, layer.lora_kernel_b.shape))
+    return lm
+
+
+CASES = {
+    # Gemma 1 2B shape (one KV head) and 7B shape (KV heads = query heads).
+    "gemma_1kv": dict(architecture="gemma", num_key_value_heads=1),
+    "gemma_4kv": dict(architecture="gemma", num_key_value_heads=4, targets=ALL_LINEAR),
+    "gemma2": dict(architecture="gemma2", num_key_value_heads=2, targets=ALL_LINEAR),
+    # 6 layers: 5 sliding + 1 global, and mlx-lm needs >= 6 Gemma 3 layers.
+    "gemma3": dict(architecture="gemma3", num_layers=6),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_merged_export_matches_keras(case, tmp_path):
+    lm = lora_model(**CASES[case])
+    folder = export_merged(lm, tmp_path / "hf", dtype="bfloat16", max_shard_size="40KB")
+    report = verify_export(lm, folder, max_new_tokens=12)
+    print(report.summary())
+    assert report.passed, report.summary()
+    assert report.max_abs_logits_diff < 1e-4
+    assert report.weights_bit_exact
+    assert all(len(check.hf_greedy) > 0 for check in report.prompts)
+    # bfloat16 rounding alone moves the logits far more than the conversion.
+    assert report.rounded_max_abs_logits_diff > report.max_abs_logits_diff
+    assert json.load(open(os.path.join(folder, "verification.json")))["passed"]
+    if CASES[case]["architecture"] == "gemma3":
+        assert report.mlx.startswith("greedy identical")
+
+
+def test_config_round_trips_through_keras_hub(tmp_path):
+    lm = lora_model("gemma3", num_layers=6)
+    folder = export_merged(lm, tmp_path / "hf", dtype="float32")
+    config = json.load(open(os.path.join(folder, "config.json")))
+    assert config["architectures"] == ["Gemma3ForCausalLM"]
+    assert (config["bos_token_id"], config["eos_token_id"]) == (2, 1)
+    assert config["layer_types"] == ["sliding_attention"] * 5 + ["full_attention"]
+    reloaded = keras_hub.models.Gemma3Backbone.from_preset(str(folder))
+    assert reloaded.num_key_value_heads == lm.backbone.num_key_value_heads
+    assert reloaded.sliding_window_size == lm.backbone.sliding_window_size
+
+
+def test_sharding_writes_index_and_single_file(tmp_path):
+    lm = build_tiny_causal_lm("gemma")
+    sharded = export_merged(lm, tmp_path / "a", dtype="float32", max_shard_size="30KB")
+    index = json.load(open(os.path.join(sharded, "model.safetensors.index.json")))
+    files = sorted(set(index["weight_map"].values()))
+    assert len(files) > 1 and all(os.path.exists(os.path.join(sharded, f)) for f in files)
+    single = export_merged(lm, tmp_path / "b", dtype="float32")
+    assert "model.safetensors" in os.listdir(single)
+    assert not any(name.startswith(".") for name in os.listdir(tmp_path))
+
+
+def test_keras_hub_exporter_fails_our_verification(tmp_path):
+    """keras-hub 0.32's own exporter drops LoRA (DESIGN.md); verify catches it."""
+    lm = lora_model("gemma")
+    folder = tmp_path / "keras_hub_export"
+    lm.export_to_transformers(str(folder))
+    report = verify_export(lm, str(folder), max_new_tokens=4, check_mlx=False)
+    print(report.summary())
+    assert not report.passed
+    assert not report.weights_bit_exact
+    assert report.max_abs_logits_diff > 1e-2
+
+
+def test_unsupported_backbone_is_refused(tmp_path):
+    lm = build_tiny_causal_lm("gemma")
+    config = dict(tiny_backbone_config("gemma", lm.backbone.vocabulary_size),
+                  final_logit_soft_cap=30.0)
+    lm = type(lm)(backbone=type(lm.backbone)(**config), preprocessor=lm.preprocessor)
+    with pytest.raises(ValueError, match="neither Gemma 1 nor Gemma 2"):
+        export_merged(lm, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
