@@ -188,7 +188,7 @@ def sentencepiece_proto_from_gguf(gguf_path):
     >>> from kerasgemma.offline import gguf_path
     >>> proto = sentencepiece_proto_from_gguf(gguf_path())  # doctest: +SKIP
     >>> tokenizer = keras_hub.models.Gemma3Tokenizer(proto=proto)  # doctest: +SKIP
-    >>> tokenizer.tokenize("<start_of_turn>user")  # doctest: +SKIP
+    >>> [int(i) for i in tokenizer.tokenize("<start_of_turn>user")]  # doctest: +SKIP
     [105, 2364]
     """
     import gguf
