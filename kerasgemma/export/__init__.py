@@ -10,6 +10,7 @@ Example:
 True
 """
 
+from kerasgemma.export.adapter import export_adapter
 from kerasgemma.export.hf_config import detect_architecture, hf_config
 from kerasgemma.export.merged import export_merged
 from kerasgemma.export.verify import VerificationReport, read_report, verify_export
@@ -17,6 +18,7 @@ from kerasgemma.export.verify import VerificationReport, read_report, verify_exp
 __all__ = [
     "VerificationReport",
     "detect_architecture",
+    "export_adapter",
     "export_merged",
     "hf_config",
     "read_report",

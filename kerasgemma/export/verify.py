@@ -214,8 +214,13 @@ def _set_unrounded(model, backbone, merge_lora):
     }
     if model.config.tie_word_embeddings:
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
-    prefix = "base_model.model." if hasattr(model, "peft_config") else ""
-    target = model.get_base_model() if prefix else model
+    target = model.get_base_model() if hasattr(model, "peft_config") else model
+    # PEFT moves a wrapped projection's weight to `<module>.base_layer.weight`.
+    names = set(target.state_dict())
+    state = {
+        name if name in names else name.replace(".weight", ".base_layer.weight"): value
+        for name, value in state.items()
+    }
     missing, unexpected = target.load_state_dict(state, strict=False)
     # LoRA modules keep their own weights; everything else must be covered.
     missing = [m for m in missing if "lora_" not in m]
