@@ -12,6 +12,8 @@ True
 import dataclasses
 import json
 import logging
+import types
+import typing
 from pathlib import Path
 
 import yaml
@@ -43,7 +45,9 @@ class TrainConfig:
         grad_accum_steps: micro-batches per optimizer step.
         validation_fraction: share of examples held out for validation.
         lora_rank, lora_alpha (None = rank), lora_targets ("query,value",
-            "attention" or "all").
+            "attention" or "all"). There is no LoRA dropout: Keras' LoRA
+            (`Dense`/`EinsumDense.enable_lora`) has none, and the train step
+            runs the model with `training=False`.
         learning_rate, weight_decay, warmup_steps, schedule ("cosine",
             "linear" or "constant"), max_grad_norm (None = no clipping).
         max_steps: optimizer steps (None = `epochs` passes over the data).
@@ -51,7 +55,9 @@ class TrainConfig:
         eval_every, save_every (steps; 0 = only at the end), keep_checkpoints.
         sample_prompts: questions answered at each evaluation.
         max_new_tokens: length of those sample answers.
-        seed: seed for the data order and the LoRA initialisation.
+        seed: seed for the data split and order and the LoRA
+            initialisation; nothing else is random while training, so the
+            same seed and config give the same losses on the same device.
         output_dir: folder under which the run folder is created.
     """
 
@@ -93,26 +99,33 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values):
-        """Build from a dict, warning about (and ignoring) unknown keys."""
+        """Build from a dict, warning about (and ignoring) unknown keys.
+
+        Values are converted to the field's type where that is lossless:
+        PyYAML reads `learning_rate: 1e-4` as the *string* "1e-4" (YAML 1.1
+        wants `1.0e-4`), which would otherwise fail deep inside the optimizer.
+        """
+        hints = typing.get_type_hints(cls)
         names = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
             logger.warning("Ignoring unknown config keys: %s", ", ".join(unknown))
-        return cls(**{key: value for key, value in values.items() if key in names})
+        return cls(**{key: _coerce(key, hints[key], value) for key, value in values.items() if key in names})
 
     @classmethod
-    def from_file(cls, path):
-        """Load from a `.yaml`/`.yml` or `.json` file."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"Config file not found: {path}")
-        text = path.read_text(encoding="utf-8")
-        try:
-            values = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
-        except (yaml.YAMLError, json.JSONDecodeError) as error:
-            raise ValueError(f"{path}: not valid {path.suffix[1:].upper()}: {error}") from error
-        if not isinstance(values, dict):
-            raise ValueError(f"{path}: expected a mapping of settings, got {type(values).__name__}")
+    def from_file(cls, path, base=None):
+        """Load from a `.yaml`/`.yml` or `.json` file; keys it lacks come from `base`.
+
+        Example:
+        >>> import pathlib, tempfile
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "run.yaml"
+        >>> _ = path.write_text("learning_rate: 1e-4\\nlora_rank: 8\\n")
+        >>> config = TrainConfig.from_file(path, base=TrainConfig(max_steps=5))
+        >>> config.learning_rate, config.lora_rank, config.max_steps
+        (0.0001, 8, 5)
+        """
+        values = dict((base or cls()).to_dict())
+        values.update(read_config_file(path))
         return cls.from_dict(values)
 
     def save(self, path):
@@ -121,3 +134,43 @@ class TrainConfig:
         temporary = path.with_name(path.name + ".tmp")
         temporary.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
         temporary.replace(path)
+
+
+def read_config_file(path):
+    """The settings mapping of a `.yaml`/`.yml` or `.json` file, unvalidated."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        values = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not valid {path.suffix[1:].upper() or 'JSON'}: {error}") from error
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of settings, got {type(values).__name__}")
+    return values
+
+
+def _coerce(name, hint, value):
+    """`value` as the type `hint` of field `name`, or a ValueError naming the field."""
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) and type(None) in args:
+        if value is None:
+            return None
+        hint = next(arg for arg in args if arg is not type(None))
+    try:
+        if hint is bool and isinstance(value, bool):
+            return value
+        if hint is int and isinstance(value, (int, str)) and not isinstance(value, bool):
+            return int(value)
+        if hint is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            return float(value)
+        if hint is str and isinstance(value, str):
+            return value
+        if typing.get_origin(hint) is list:
+            items = [value] if isinstance(value, str) else value
+            if isinstance(items, (list, tuple)):
+                return [_coerce(name, typing.get_args(hint)[0], item) for item in items]
+    except ValueError:
+        pass
+    raise ValueError(f"Config key {name!r}: expected {getattr(hint, '__name__', hint)}, got {value!r}.")

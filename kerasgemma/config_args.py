@@ -55,7 +55,7 @@ def config_from_args(args, base=None):
     """Resolve a `TrainConfig` from parsed arguments (file, then flags)."""
     config = base or TrainConfig()
     if getattr(args, "config", None):
-        config = TrainConfig.from_file(args.config)
+        config = TrainConfig.from_file(args.config, base=config)
     names = {field.name for field in dataclasses.fields(TrainConfig)}
     overrides = {key: value for key, value in vars(args).items() if key in names}
     return dataclasses.replace(config, **overrides)

@@ -29,12 +29,14 @@ from kerasgemma.model import load_causal_lm  # noqa: E402
 from kerasgemma.model import resolve_lora_targets  # noqa: E402
 from kerasgemma.train import checkpoint  # noqa: E402
 from kerasgemma.train.loop import Trainer  # noqa: E402
+from kerasgemma.train.metrics import truncate_jsonl  # noqa: E402
 
 LORA_WEIGHTS_NAME = "adapter.lora.h5"
 LORA_SETTINGS_NAME = "lora.json"
 DATA_REPORT_NAME = "data_report.json"
 SAMPLES_NAME = "samples.jsonl"
 MIN_FREE_BYTES = 100 * 2**20
+HUB_PREFIX = "hf://"
 
 
 @dataclasses.dataclass
@@ -94,6 +96,8 @@ def load_data(config, progress=True):
     )
     if config.data == "hub":
         examples, report = data.load_hub_examples(**options)
+    elif config.data.startswith(HUB_PREFIX):  # as in `prepare_data` and `kerasgemma data`
+        examples, report = data.load_hub_examples(config.data[len(HUB_PREFIX) :], **options)
     else:
         examples, report = data.load_examples(config.data, **options)
     train, validation = data.split_examples(examples, config.validation_fraction, config.seed)
@@ -166,6 +170,8 @@ def sample_answers(causal_lm, config, questions):
 
 
 def _sample_logger(config, run_dir):
+    """An `on_evaluate` callback appending answers to `sample_prompts` to `samples.jsonl`."""
+
     def on_evaluate(trainer, step, record):
         if not config.sample_prompts:
             return
@@ -210,8 +216,17 @@ def prepare_run(config, run_dir, progress=True):
 
 
 def train(config, run_dir=None, progress=True):
-    """Start a run: returns a `Run` with the folder, the trained model and a summary."""
-    run_dir = Path(run_dir) if run_dir else create_run_dir(config.output_dir)
+    """Start a run: returns a `Run` with the folder, the trained model and a summary.
+
+    The output folder is checked before anything is loaded, so a bad
+    `output_dir` costs a second, not a model download.
+    """
+    if run_dir:
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        check_writable(run_dir)
+    else:
+        run_dir = create_run_dir(config.output_dir)
     config.save(run_dir / CONFIG_FILE_NAME)
     trainer, validation_examples = prepare_run(config, run_dir, progress=progress)
     summary = trainer.fit()
@@ -220,16 +235,23 @@ def train(config, run_dir=None, progress=True):
 
 
 def resume(run_dir, progress=True):
-    """Continue a run from its newest complete checkpoint (or from the start)."""
+    """Continue a run from its newest complete checkpoint (or from the start).
+
+    The config is the one saved in the run folder, so the data, model and
+    batches are rebuilt exactly; the steps after the checkpoint are run again
+    and their metrics and sample answers from the killed run are replaced.
+    """
     run_dir = Path(run_dir)
     config_path = run_dir / CONFIG_FILE_NAME
     if not config_path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run folder: {CONFIG_FILE_NAME} is missing.")
+    check_writable(run_dir)
     config = TrainConfig.from_file(config_path)
     trainer, validation_examples = prepare_run(config, run_dir, progress=progress)
     latest = checkpoint.latest_checkpoint(run_dir)
     if latest is not None:
         trainer.restore(latest)
+    truncate_jsonl(run_dir / SAMPLES_NAME, trainer.step)
     summary = trainer.fit()
     save_lora(trainer.causal_lm, config, run_dir)
     return Run(run_dir, trainer.causal_lm, summary, validation_examples)

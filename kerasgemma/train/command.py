@@ -1,4 +1,11 @@
-"""`kerasgemma train` and `kerasgemma resume`: start or continue a run, print its folder."""
+"""`kerasgemma train` and `kerasgemma resume`: start or continue a run, print its folder.
+
+    kerasgemma train --preset gemma_2b_en --data baike.jsonl --max-steps 500 --save-every 50
+    kerasgemma train --config run.yaml --lr 1e-4      # the file, then flags on top
+    kerasgemma resume runs/20261128-101500            # after a crash or kill -9
+"""
+
+import sys
 
 from kerasgemma.config_args import add_config_arguments
 from kerasgemma.config_args import config_from_args
@@ -32,16 +39,32 @@ def _report(run):
     return 0
 
 
+def _fail(command, error):
+    # Divergence and unusable output folders are expected failures with a
+    # message that says what to do: no traceback.
+    print(f"kerasgemma {command}: {error}", file=sys.stderr)
+    return 1
+
+
 def run_train(args):
     from kerasgemma.run import train
+    from kerasgemma.train.loop import TrainingDiverged
 
-    return _report(train(config_from_args(args), progress=not args.no_progress))
+    config = config_from_args(args)
+    try:
+        return _report(train(config, progress=not args.no_progress))
+    except (TrainingDiverged, OSError) as error:
+        return _fail("train", error)
 
 
 def run_resume(args):
     from kerasgemma.run import resume
+    from kerasgemma.train.loop import TrainingDiverged
 
-    return _report(resume(args.run_dir, progress=not args.no_progress))
+    try:
+        return _report(resume(args.run_dir, progress=not args.no_progress))
+    except (TrainingDiverged, OSError) as error:
+        return _fail("resume", error)
 
 
 run = run_train

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm  # noqa: E402
 from kerasgemma.train import checkpoint  # noqa: E402
 from kerasgemma.train.metrics import MetricsLog  # noqa: E402
 from kerasgemma.train.optimizer import make_optimizer  # noqa: E402
+from kerasgemma.train.optimizer import make_schedule  # noqa: E402
 from kerasgemma.train.step import make_eval_step  # noqa: E402
 from kerasgemma.train.step import make_train_step  # noqa: E402
 from kerasgemma.train.step import stack_micro_batches  # noqa: E402
@@ -79,6 +80,7 @@ class Trainer:
         self.steps_per_epoch = len(train_batches) // config.grad_accum_steps
         self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
         self.optimizer = make_optimizer(config, self.total_steps, causal_lm.trainable_variables)
+        self.schedule = make_schedule(config, self.total_steps)  # for logging the rate of each step
         self.train_step = make_train_step(causal_lm, self.optimizer)
         self.eval_step = make_eval_step(causal_lm)
         self.metrics = MetricsLog(run_dir)
@@ -115,30 +117,68 @@ class Trainer:
         for variable, value in zip(self.causal_lm.trainable_variables, self.state[0]):
             variable.assign(value)
 
+    def _progress(self, step):
+        """Where `step` starts in the data: epoch and batch index in that epoch."""
+        epoch, index = divmod(step, self.steps_per_epoch)
+        return {"epoch": epoch, "batch": index * self.config.grad_accum_steps}
+
     def restore(self, path):
-        """Load a checkpoint into the trainer and the model."""
+        """Load a checkpoint into the trainer and the model.
+
+        The data position follows from the step (`batches_for_step`); the one
+        saved is checked against it, so a run whose batching settings changed
+        since the checkpoint fails here instead of training on other batches.
+        Metrics logged after the checkpoint's step are dropped: they are
+        about to be computed again.
+        """
         saved = checkpoint.load_checkpoint(path)
         trainable, optimizer_variables = self.state
         if len(saved["trainable"]) != len(trainable) or len(saved["optimizer"]) != len(optimizer_variables):
             raise ValueError(f"{path}: checkpoint does not match this model's LoRA settings.")
+        step = saved["progress"]["step"]
+        expected = self._progress(step)
+        found = {key: saved["progress"].get(key) for key in expected}
+        if found != expected:
+            raise ValueError(
+                f"{path}: saved data position {found} but these settings put step {step} at {expected}; "
+                "the batching settings changed since the checkpoint."
+            )
         self.state = (
             [jax.numpy.asarray(v) for v in saved["trainable"]],
             [jax.numpy.asarray(v) for v in saved["optimizer"]],
         )
-        self.step = saved["progress"]["step"]
+        self.step = step
+        self._cursor = None
         self.sync_model()
         self.metrics.truncate_after(self.step)
 
     def save(self):
-        epoch, index = divmod(self.step, self.steps_per_epoch)
+        """Checkpoint the current state; refuses weights that are not finite.
+
+        A step can return a finite loss and still leave NaN weights (the loss
+        is computed before the update), so the check is on the state itself:
+        the last checkpoint stays the last good one.
+        """
+        trainable = [np.asarray(value) for value in self.state[0]]
+        if not all(np.isfinite(value).all() for value in trainable):
+            raise TrainingDiverged(
+                f"The LoRA weights became NaN or infinite at step {self.step}. "
+                + self._last_good_checkpoint()
+            )
         return checkpoint.save_checkpoint(
             self.run_dir,
             self.step,
-            self.state[0],
+            trainable,
             self.state[1],
-            {"epoch": epoch, "batch": index * self.config.grad_accum_steps},
+            self._progress(self.step),
             keep=self.config.keep_checkpoints,
+            config=self.config.to_dict(),
         )
+
+    def _last_good_checkpoint(self):
+        last = checkpoint.latest_checkpoint(self.run_dir)
+        found = f"The last good checkpoint is {last}." if last else "No checkpoint was saved yet."
+        return found + " Lower the learning rate or check the data."
 
     # -- evaluation -------------------------------------------------------
 
@@ -168,60 +208,78 @@ class Trainer:
         self._window_start = now
         for (step, _, tokens), loss in zip(pending, losses):
             if not math.isfinite(loss):
-                last = checkpoint.latest_checkpoint(self.run_dir)
-                raise TrainingDiverged(
-                    f"Training loss became {loss} at step {step}. "
-                    + (f"The last good checkpoint is {last}." if last else "No checkpoint was saved yet.")
-                    + " Lower the learning rate or check the data."
-                )
-            self.metrics.write({"step": step, "train_loss": loss, "tokens": tokens, "tokens_per_second": tokens_per_second})
-        if bar is not None and pending:
+                raise TrainingDiverged(f"Training loss became {loss} at step {step}. " + self._last_good_checkpoint())
+            self.metrics.write(
+                {
+                    "step": step,
+                    "train_loss": loss,
+                    "learning_rate": float(self.schedule(step - 1)),
+                    "tokens": tokens,
+                    "tokens_per_second": tokens_per_second,
+                }
+            )
+        if pending:
+            # tqdm adds elapsed time, ETA and steps/s to this postfix.
             bar.set_postfix(loss=f"{losses[-1]:.4f}", tok_s=f"{tokens_per_second:,.0f}")
         pending.clear()
 
-    def fit(self, log_every=1):
+    def fit(self, log_every=10):
         """Train to `total_steps`, evaluating and checkpointing on the way.
+
+        Args:
+            log_every: int. Steps between reading losses back from the device.
+                Steps are queued asynchronously; reading a loss waits for its
+                step, so syncing every step would leave the device idle while
+                the host prepares the next batch. Every step's loss is still
+                logged, and a sync always comes before an evaluation or a save.
 
         Returns a summary dict: step, initial/final validation loss, train
         loss of the last step, tokens seen, seconds.
         """
         config = self.config
+        if self.step == 0:
+            self.metrics.truncate_after(-1)  # a fresh start: forget any earlier attempt
         initial = self.evaluate() if self.step == 0 else {}
         if initial:
             self.metrics.write({"step": self.step, **initial})
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", disable=not self.progress)
         pending, tokens_seen, started = [], 0, time.perf_counter()
         self._window_start = started
-        while self.step < self.total_steps:
-            micro_batches = self.batches_for_step(self.step)
-            tokens = int(sum(np.count_nonzero(b["segment_ids"]) for b in micro_batches))
-            self.state, loss, _ = self.train_step(self.state, self.non_trainable, stack_micro_batches(micro_batches))
-            self.step += 1
-            tokens_seen += tokens
-            is_last = self.step == self.total_steps
-            do_eval = is_last or (config.eval_every and self.step % config.eval_every == 0)
-            do_save = is_last or (config.save_every and self.step % config.save_every == 0)
-            pending.append((self.step, loss, tokens))
-            if do_eval or do_save or self.step % log_every == 0:
-                self._record_losses(pending, bar)
-            bar.update(1)
-            if do_eval:
-                record = {"step": self.step, **self.evaluate()}
-                self.metrics.write(record)
-                if self.on_evaluate is not None:
-                    self.sync_model()
-                    self.on_evaluate(self, self.step, record)
-                self._window_start = time.perf_counter()
-            if do_save:
-                self.save()
-                self._window_start = time.perf_counter()
-        bar.close()
+        try:
+            while self.step < self.total_steps:
+                micro_batches = self.batches_for_step(self.step)
+                tokens = int(sum(np.count_nonzero(b["segment_ids"]) for b in micro_batches))
+                self.state, loss, _ = self.train_step(self.state, self.non_trainable, stack_micro_batches(micro_batches))
+                self.step += 1
+                tokens_seen += tokens
+                is_last = self.step == self.total_steps
+                do_eval = is_last or (config.eval_every and self.step % config.eval_every == 0)
+                do_save = is_last or (config.save_every and self.step % config.save_every == 0)
+                pending.append((self.step, loss, tokens))
+                if do_eval or do_save or self.step % log_every == 0:
+                    self._record_losses(pending, bar)
+                bar.update(1)
+                if do_eval:
+                    record = {"step": self.step, **self.evaluate()}
+                    if len(record) > 1:
+                        self.metrics.write(record)
+                    if self.on_evaluate is not None:
+                        self.sync_model()
+                        self.on_evaluate(self, self.step, record)
+                    self._window_start = time.perf_counter()
+                if do_save:
+                    self.save()
+                    self._window_start = time.perf_counter()
+        finally:
+            # Also after a divergence or an interrupt: the curve up to there
+            # is what one looks at next.
+            bar.close()
+            self.metrics.write_csv()
+            self.metrics.plot()
         self.sync_model()
         records = self.metrics.read()
         val = [r["val_loss"] for r in records if "val_loss" in r]
         train = [r["train_loss"] for r in records if "train_loss" in r]
-        self.metrics.write_csv()
-        self.metrics.plot()
         return {
             "step": self.step,
             "initial_val_loss": val[0] if val else None,

@@ -8,6 +8,44 @@ from pathlib import Path
 METRICS_FILE_NAME = "metrics.jsonl"
 METRICS_CSV_NAME = "metrics.csv"
 LOSS_PLOT_NAME = "loss.png"
+PLOT_DATA_KEY = "kerasgemma:losses"
+
+
+def read_jsonl(path):
+    """Records of a JSONL file; a line cut short by a killed run is skipped.
+
+    Example:
+    >>> import pathlib, tempfile
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.jsonl"
+    >>> _ = path.write_text('{"step": 1}\\n{"step": 2, "tra')
+    >>> read_jsonl(path)
+    [{'step': 1}]
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def truncate_jsonl(path, step):
+    """Keep only the records of a JSONL file with `step <= step`, atomically.
+
+    A resumed run repeats the steps after its checkpoint; their records from
+    the killed run (and any half-written last line) must go.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return
+    kept = [record for record in read_jsonl(path) if record.get("step", 0) <= step]
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text("".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
+    temporary.replace(path)
 
 
 class MetricsLog:
@@ -30,22 +68,11 @@ class MetricsLog:
             file.flush()
 
     def read(self):
-        if not self.path.is_file():
-            return []
-        records = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line cut short by a killed run: keep what came before
-        return records
+        return read_jsonl(self.path)
 
     def truncate_after(self, step):
         """Drop records past `step` (used on resume from an earlier checkpoint)."""
-        kept = [record for record in self.read() if record.get("step", 0) <= step]
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        temporary.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept), encoding="utf-8")
-        temporary.replace(self.path)
+        truncate_jsonl(self.path, step)
 
     def write_csv(self):
         records = self.read()
@@ -79,7 +106,10 @@ class MetricsLog:
         axis.grid(alpha=0.3)
         path = self.path.with_name(LOSS_PLOT_NAME)
         temporary = path.with_name("loss.tmp.png")
-        figure.savefig(temporary, dpi=100, bbox_inches="tight")
+        # The plotted points also go into the PNG's text metadata, so the
+        # image can be checked against metrics.jsonl without reading pixels.
+        plotted = {key: [[r["step"], r[key]] for r in records if key in r] for key in ("train_loss", "val_loss")}
+        figure.savefig(temporary, dpi=100, bbox_inches="tight", metadata={PLOT_DATA_KEY: json.dumps(plotted)})
         plt.close(figure)
         temporary.replace(path)
         return path

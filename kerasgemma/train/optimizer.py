@@ -57,16 +57,29 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
+def make_schedule(config, total_steps):
+    """The `WarmupDecay` of `config` over a run of `total_steps` updates."""
+    return WarmupDecay(config.learning_rate, config.warmup_steps, total_steps, config.schedule)
+
+
 def make_optimizer(config, total_steps, trainable_variables):
     """Build AdamW for `config` and create its variables.
 
     Weight decay is off for biases, norm scales and embeddings (they are
-    frozen under LoRA, but a user may unfreeze them).
+    frozen under LoRA, but a user may unfreeze them). Keras matches
+    `NO_DECAY_NAMES` as substrings of `variable.name`, which for keras-hub
+    Gemma is the bare weight name: "embeddings", "scale" (RMS norms),
+    "kernel", "lora_kernel_a"/"lora_kernel_b" (decayed, as in PEFT).
+
+    Example:
+    >>> from kerasgemma.config import TrainConfig
+    >>> v = keras.Variable([1.0], name="scale")
+    >>> optimizer = make_optimizer(TrainConfig(), 10, [v])
+    >>> optimizer._use_weight_decay(v)
+    False
     """
     optimizer = keras.optimizers.AdamW(
-        learning_rate=WarmupDecay(
-            config.learning_rate, config.warmup_steps, total_steps, config.schedule
-        ),
+        learning_rate=make_schedule(config, total_steps),
         weight_decay=config.weight_decay,
         global_clipnorm=config.max_grad_norm,
     )
