@@ -1,0 +1,110 @@
+"""Spread training over the devices at hand: TPU v3-8 / v5e-8, one or several GPUs, CPU.
+
+One call before the model is built picks and installs the distribution:
+
+    strategy = plan("gemma_7b_en", dtype="bfloat16", batch_size=8)   # prints the choice
+    configure(strategy, "gemma")          # keras.distribution.set_distribution(...)
+    causal_lm = load_causal_lm(...)       # variables are created sharded
+    batch = shard_batch(numpy_batch)      # rows split over the `batch` axis
+
+Several hosts (a TPU pod slice, GPU nodes): start the same script on every
+host and call `keras.distribution.initialize()` first, before anything touches
+JAX. It is JAX's own distributed runtime (`jax.distributed.initialize`): on
+Cloud TPU it finds its peers by itself; on GPU nodes give the coordinator,
+e.g. on each of 2 nodes
+
+    KERAS_DISTRIBUTION_JOB_ADDRESSES=10.0.0.1:1234 \\
+    KERAS_DISTRIBUTION_NUM_PROCESSES=2 KERAS_DISTRIBUTION_PROCESS_ID=<0|1> \\
+    python train.py
+
+(under SLURM or Open MPI `jax.distributed.initialize()` reads these from the
+scheduler). After it, `detect_devices()` counts every host's devices, the mesh
+spans them all, and each process feeds `shard_batch` its own rows.
+"""
+
+from kerasgemma.backend import ensure_jax_backend
+
+ensure_jax_backend()
+
+import keras  # noqa: E402
+
+from kerasgemma.distribution.devices import DeviceInfo  # noqa: E402
+from kerasgemma.distribution.devices import detect_devices  # noqa: E402
+from kerasgemma.distribution.layout import FittedModelParallel  # noqa: E402
+from kerasgemma.distribution.layout import gemma3_layout_map  # noqa: E402
+from kerasgemma.distribution.layout import layout_map  # noqa: E402
+from kerasgemma.distribution.layout import make_distribution  # noqa: E402
+from kerasgemma.distribution.layout import report_unsharded  # noqa: E402
+from kerasgemma.distribution.layout import shard_batch  # noqa: E402
+from kerasgemma.distribution.sizing import estimate_param_bytes  # noqa: E402
+from kerasgemma.distribution.sizing import preset_backbone_config  # noqa: E402
+from kerasgemma.distribution.strategy import DistributionError  # noqa: E402
+from kerasgemma.distribution.strategy import Strategy  # noqa: E402
+from kerasgemma.distribution.strategy import choose_strategy  # noqa: E402
+from kerasgemma.distribution.strategy import parse_mesh  # noqa: E402
+
+
+def plan(preset, dtype, batch_size, distribution="auto", mesh=None, devices=None, verbose=True):
+    """Choose the strategy for training `preset` in `dtype`, and say why.
+
+    Args:
+        preset: str. Any preset `kerasgemma.model.load_causal_lm` takes.
+        dtype: str. Weight dtype ("auto" = bfloat16 on accelerators).
+        batch_size: int. Global rows per micro-batch.
+        distribution: str. "auto", "data", "model" or "none".
+        mesh: str or None. `(batch, model)` shape such as "2x4".
+        devices: `DeviceInfo` or None (detected).
+        verbose: bool. Print the choice and the reason.
+
+    Returns:
+        `(Strategy, architecture)`.
+
+    Example:
+    >>> strategy, architecture = plan("tiny:gemma3", "float32", 4, verbose=False)
+    >>> strategy.kind, architecture
+    ('none', 'gemma3')
+    """
+    from kerasgemma.model import resolve_dtype
+
+    devices = devices or detect_devices()
+    architecture, config = preset_backbone_config(preset)
+    param_bytes = estimate_param_bytes(config, architecture, resolve_dtype(dtype))
+    strategy = choose_strategy(param_bytes, devices, batch_size, distribution, mesh)
+    if verbose:
+        print(f"Devices: {devices.describe()}. Distribution: {strategy.describe()}.")
+    return strategy, architecture
+
+
+def configure(strategy, architecture):
+    """Install the Keras distribution of `strategy`; build the model after this.
+
+    Returns the distribution (None for a single device, which also clears
+    any distribution set before).
+
+    Example:
+    >>> configure(Strategy("none", (1, 1), "one device"), "gemma3") is None
+    True
+    """
+    distribution = make_distribution(strategy, architecture)
+    keras.distribution.set_distribution(distribution)
+    return distribution
+
+
+__all__ = [
+    "DeviceInfo",
+    "DistributionError",
+    "FittedModelParallel",
+    "Strategy",
+    "choose_strategy",
+    "configure",
+    "detect_devices",
+    "estimate_param_bytes",
+    "gemma3_layout_map",
+    "layout_map",
+    "make_distribution",
+    "parse_mesh",
+    "plan",
+    "preset_backbone_config",
+    "report_unsharded",
+    "shard_batch",
+]

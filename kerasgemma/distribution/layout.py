@@ -1,0 +1,199 @@
+"""Layout maps for Gemma 1/2/3, the Keras distribution they feed, and batch placement.
+
+Weights are laid out as keras-hub lays out Gemma 1/2 (after the Gemma team's
+training config): each large kernel is split over `model` on its heads or
+FFW width and over `batch` on the hidden dimension, so a `batch` × `model` mesh
+splits it over every device. Gemma 3 has the same kernel names, plus q/k norm
+scales of `head_dim` floats, which stay replicated.
+
+Two things keras-hub leaves to the user are handled here:
+- a mesh axis that does not divide a dimension (Gemma 2B's single key/value
+  head on a `model` axis of 8) makes `jax.device_put` fail while the model is
+  being built; `FittedModelParallel` drops that axis from that variable only.
+- LoRA matrices (`lora_kernel_a`/`_b`) match no rule and are replicated. They
+  hold a few MB at most; the merged kernel `base + A @ B` is computed where
+  the base shard lives (XLA slices the replicated A locally), and the LoRA
+  gradients are all-reduced — the same few MB. Following the kernel's `model`
+  axis would save nothing measurable and adds a layout for every rank.
+"""
+
+from kerasgemma.backend import ensure_jax_backend
+
+ensure_jax_backend()
+
+import jax  # noqa: E402
+import keras  # noqa: E402
+import keras_hub  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.sharding import NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec  # noqa: E402
+
+from kerasgemma.distribution.strategy import DistributionError  # noqa: E402
+
+BATCH_AXIS = "batch"
+MODEL_AXIS = "model"
+
+
+def gemma3_layout_map(device_mesh, model_parallel_dim_name=MODEL_AXIS, data_parallel_dim_name=BATCH_AXIS):
+    """A `keras.distribution.LayoutMap` for `Gemma3Backbone` (text weights).
+
+    keras-hub 0.32 has `GemmaBackbone.get_layout_map` but none for Gemma 3.
+    Variable paths and shapes (Gemma 3 1B):
+    `token_embedding/embeddings` (262144, 1152);
+    `decoder_block_N/attention/{query,key,value}/kernel` (heads, 1152, 256);
+    `decoder_block_N/attention/attention_output/kernel` (4, 256, 1152);
+    `decoder_block_N/attention/{query,key}_norm/scale` (256,), replicated;
+    `decoder_block_N/ffw_gating{,_2}/kernel` (1152, 6912);
+    `decoder_block_N/ffw_linear/kernel` (6912, 1152); norm scales replicated.
+
+    Example:
+    >>> mesh = keras.distribution.DeviceMesh((1, 1), ("batch", "model"), keras.distribution.list_devices()[:1])
+    >>> layout = gemma3_layout_map(mesh)
+    >>> layout["decoder_block_3/attention/query/kernel"].axes
+    ('model', 'batch', None)
+    >>> layout["decoder_block_3/attention/query/lora_kernel_a"] is None
+    True
+    """
+    model, data = model_parallel_dim_name, data_parallel_dim_name
+    layout_map = keras.distribution.LayoutMap(device_mesh)
+    layout_map["token_embedding/embeddings"] = (model, data)
+    layout_map["decoder_block.*attention.*(query|key|value).kernel"] = (model, data, None)
+    layout_map["decoder_block.*attention_output.kernel"] = (model, None, data)
+    layout_map["decoder_block.*ffw_gating.kernel"] = (data, model)
+    layout_map["decoder_block.*ffw_gating_2.kernel"] = (data, model)
+    layout_map["decoder_block.*ffw_linear.kernel"] = (model, data)
+    return layout_map
+
+
+def layout_map(architecture, device_mesh):
+    """The layout map of `architecture` ("gemma", "gemma2", "gemma3") on `device_mesh`.
+
+    Example:
+    >>> mesh = keras.distribution.DeviceMesh((1, 1), ("batch", "model"), keras.distribution.list_devices()[:1])
+    >>> layout_map("gemma", mesh)["decoder_block_0/ffw_linear/kernel"].axes
+    ('model', 'batch')
+    """
+    if architecture in ("gemma", "gemma2"):
+        return keras_hub.models.GemmaBackbone.get_layout_map(device_mesh, MODEL_AXIS, BATCH_AXIS)
+    if architecture == "gemma3":
+        return gemma3_layout_map(device_mesh)
+    raise DistributionError(f"No layout map for architecture {architecture!r}; expected gemma, gemma2 or gemma3.")
+
+
+def fit_axes(axes, shape, mesh_sizes):
+    """Drop each mesh axis that does not divide its dimension.
+
+    Example:
+    >>> fit_axes(("model", "batch", None), (1, 2048, 256), {"batch": 1, "model": 8})
+    (None, 'batch', None)
+    """
+    return tuple(
+        axis if axis is None or dim % mesh_sizes[axis] == 0 else None
+        for axis, dim in zip(axes, shape)
+    )
+
+
+class FittedModelParallel(keras.distribution.ModelParallel):
+    """`ModelParallel` that fits each variable's layout to its shape (see `fit_axes`).
+
+    Keras asks the distribution for a variable's layout when the variable is
+    created; the variable's shape is known then, so the fitting happens there.
+    """
+
+    def get_variable_layout(self, variable):
+        layout = super().get_variable_layout(variable)
+        sizes = dict(zip(self.device_mesh.axis_names, self.device_mesh.shape))
+        axes = fit_axes(layout.axes, variable.shape, sizes)
+        if axes == tuple(layout.axes):
+            return layout
+        return keras.distribution.TensorLayout(axes, self.device_mesh)
+
+
+def device_mesh(shape):
+    """A `(batch, model)` `keras.distribution.DeviceMesh` over all devices.
+
+    The device order comes from `jax.make_mesh`, which follows the physical
+    topology (TPU ICI rings, NVLink islands), so the `model` axis — the one
+    that talks every layer — lands on the fastest links.
+    """
+    devices = jax.make_mesh(tuple(shape), (BATCH_AXIS, MODEL_AXIS)).devices
+    return keras.distribution.DeviceMesh(tuple(shape), (BATCH_AXIS, MODEL_AXIS), devices)
+
+
+def make_distribution(strategy, architecture):
+    """The Keras distribution of a `Strategy` (None for "none").
+
+    Example:
+    >>> from kerasgemma.distribution.strategy import Strategy
+    >>> make_distribution(Strategy("none", (1, 1), "one device"), "gemma3") is None
+    True
+    """
+    if strategy.kind == "none":
+        return None
+    mesh = device_mesh(strategy.mesh)
+    if strategy.kind == "data":
+        flat = keras.distribution.DeviceMesh((strategy.mesh[0],), (BATCH_AXIS,), mesh.devices.reshape(-1))
+        return keras.distribution.DataParallel(device_mesh=flat)
+    return FittedModelParallel(layout_map=layout_map(architecture, mesh), batch_dim_name=BATCH_AXIS)
+
+
+def shard_batch(batch, distribution=None, batch_axis=0):
+    """Place a batch dict's arrays on the devices, rows split over `batch`.
+
+    Pass `batch_axis=1` for stacked micro-batches `(k, batch, seq)`. With
+    several processes each one passes the rows its own devices take, as
+    `distribution.distribute_dataset` would give it; the global array is
+    assembled by `jax.make_array_from_process_local_data`.
+
+    Args:
+        batch: dict of NumPy arrays.
+        distribution: a Keras distribution; None means the global one, and
+            with none set the batch is returned as it is.
+        batch_axis: int. The axis that holds the rows.
+
+    Example:
+    >>> import numpy as np
+    >>> shard_batch({"token_ids": np.zeros((2, 4), np.int32)})["token_ids"].shape
+    (2, 4)
+    """
+    distribution = distribution or keras.distribution.distribution()
+    if distribution is None:
+        return batch
+    mesh = distribution.device_mesh
+    replicas = mesh.shape[mesh.axis_names.index(distribution.batch_dim_name)]
+    placed = {}
+    for key, value in batch.items():
+        value = np.asarray(value)
+        rows = value.shape[batch_axis] * jax.process_count()
+        if rows % replicas:
+            raise DistributionError(
+                f"Batch of {rows} rows ({key!r}) is not divisible by the data-parallel degree {replicas}."
+            )
+        spec = [None] * value.ndim
+        spec[batch_axis] = distribution.batch_dim_name
+        sharding = NamedSharding(mesh.backend_mesh, PartitionSpec(*spec))
+        placed[key] = jax.make_array_from_process_local_data(sharding, value)
+    return placed
+
+
+def report_unsharded(model, threshold_bytes=16 * 2**20):
+    """Large variables left whole on every device under model parallel.
+
+    Returns a list of `(path, shape, bytes)`; empty when no distribution
+    with a `model` axis is set (data parallel replicates by design).
+
+    Example:
+    >>> from kerasgemma.tiny import build_tiny_causal_lm
+    >>> report_unsharded(build_tiny_causal_lm("gemma3"))
+    []
+    """
+    distribution = keras.distribution.distribution()
+    if not isinstance(distribution, keras.distribution.ModelParallel):
+        return []
+    found = []
+    for variable in model.variables:
+        value = variable.value
+        size = value.size * value.dtype.itemsize
+        if size >= threshold_bytes and value.sharding.is_fully_replicated:
+            found.append((variable.path, tuple(value.shape), int(size)))
+    return found
