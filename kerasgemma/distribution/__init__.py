@@ -33,7 +33,9 @@ from kerasgemma.distribution.devices import detect_devices  # noqa: E402
 from kerasgemma.distribution.layout import FittedModelParallel  # noqa: E402
 from kerasgemma.distribution.layout import gemma3_layout_map  # noqa: E402
 from kerasgemma.distribution.layout import layout_map  # noqa: E402
+from kerasgemma.distribution.layout import data_parallel_degree  # noqa: E402
 from kerasgemma.distribution.layout import make_distribution  # noqa: E402
+from kerasgemma.distribution.layout import pad_to_replicas  # noqa: E402
 from kerasgemma.distribution.layout import report_unsharded  # noqa: E402
 from kerasgemma.distribution.layout import shard_batch  # noqa: E402
 from kerasgemma.distribution.sizing import estimate_param_bytes  # noqa: E402
@@ -101,7 +103,9 @@ __all__ = [
     "estimate_param_bytes",
     "gemma3_layout_map",
     "layout_map",
+    "data_parallel_degree",
     "make_distribution",
+    "pad_to_replicas",
     "parse_mesh",
     "plan",
     "preset_backbone_config",

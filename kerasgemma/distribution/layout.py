@@ -160,7 +160,7 @@ def shard_batch(batch, distribution=None, batch_axis=0):
     if distribution is None:
         return batch
     mesh = distribution.device_mesh
-    replicas = mesh.shape[mesh.axis_names.index(distribution.batch_dim_name)]
+    replicas = data_parallel_degree(distribution)
     placed = {}
     for key, value in batch.items():
         value = np.asarray(value)
@@ -197,3 +197,38 @@ def report_unsharded(model, threshold_bytes=16 * 2**20):
         if size >= threshold_bytes and value.sharding.is_fully_replicated:
             found.append((variable.path, tuple(value.shape), int(size)))
     return found
+
+
+def data_parallel_degree(distribution=None):
+    """Rows of a batch must be a multiple of this (1 with no distribution).
+
+    Example:
+    >>> data_parallel_degree()
+    1
+    """
+    distribution = distribution or keras.distribution.distribution()
+    if distribution is None:
+        return 1
+    mesh = distribution.device_mesh
+    return mesh.shape[mesh.axis_names.index(distribution.batch_dim_name)]
+
+
+def pad_to_replicas(items, distribution=None):
+    """Repeat the last item until the data-parallel degree divides the count.
+
+    `CausalLM.generate` splits its prompts over the `batch` axis like any
+    batch, and JAX refuses 2 prompts on 8 replicas (`IndivisibleError` in
+    `jax.device_put`). Generate on the padded list and keep the first
+    `count` outputs.
+
+    Returns:
+        `(padded_list, count)`.
+
+    Example:
+    >>> pad_to_replicas(["a", "b"])
+    (['a', 'b'], 2)
+    """
+    items = list(items)
+    replicas = data_parallel_degree(distribution)
+    return items + items[-1:] * (-len(items) % replicas), len(items)
+
