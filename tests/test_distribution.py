@@ -1,0 +1,103 @@
+"""Strategy choice, sizing, layout rules and errors, on the suite's single device."""
+
+import doctest
+import re
+
+import keras
+import pytest
+
+from kerasgemma import distribution
+from kerasgemma.distribution import DeviceInfo, DistributionError, choose_strategy
+from kerasgemma.distribution import devices as devices_module
+from kerasgemma.distribution import layout as layout_module
+from kerasgemma.distribution import sizing, strategy
+from kerasgemma.model import enable_lora
+from kerasgemma.tiny import ARCHITECTURES, build_tiny_causal_lm, tiny_backbone_config
+
+GiB = 2**30
+TPU_V3_8 = DeviceInfo("tpu", 8, 16 * GiB, "TPU v3")
+TWO_H100 = DeviceInfo("gpu", 2, 80 * GiB, "NVIDIA H100 80GB HBM3")
+
+
+@pytest.mark.parametrize("module", [distribution, devices_module, layout_module, sizing, strategy])
+def test_docstring_examples(module):
+    result = doctest.testmod(module)
+    assert result.failed == 0 and result.attempted > 0
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_parameter_count_matches_built_model(architecture):
+    lm = build_tiny_causal_lm(architecture)
+    config = tiny_backbone_config(architecture, lm.backbone.vocabulary_size)
+    assert sizing.count_parameters(config, architecture) == lm.backbone.count_params()
+
+
+def test_real_gemma_sizes():
+    gemma_7b = dict(vocabulary_size=256000, num_layers=28, num_query_heads=16, num_key_value_heads=16,
+                    hidden_dim=3072, intermediate_dim=49152, head_dim=256)
+    assert sizing.count_parameters(gemma_7b, "gemma") / 1e9 == pytest.approx(8.54, abs=0.01)
+
+
+def test_tpu_v3_8_choices():
+    two_b, seven_b = 2.51e9 * 2, 8.54e9 * 2  # bfloat16 bytes
+    assert choose_strategy(two_b, TPU_V3_8, 16).kind == "data"
+    seven = choose_strategy(seven_b, TPU_V3_8, 16)
+    assert seven.kind == "model" and seven.mesh == (4, 2) and "model parallel needed" in seven.reason
+    # A batch that 8 replicas cannot split moves devices to the model axis.
+    assert choose_strategy(two_b, TPU_V3_8, 4).mesh == (4, 2)
+    # The user's choice wins.
+    assert choose_strategy(two_b, TPU_V3_8, 8, "model", "1x8").mesh == (1, 8)
+    assert choose_strategy(two_b, TPU_V3_8, 8, "model").mesh == (4, 2)
+    assert choose_strategy(two_b, TPU_V3_8, 8, "none").kind == "none"
+
+
+def test_gpu_and_single_device_choices():
+    assert choose_strategy(17e9, TWO_H100, 8).mesh == (2, 1)
+    single = DeviceInfo("cpu", 1, 8 * GiB)
+    assert choose_strategy(1e6, single, 3).kind == "none"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((5e9, TPU_V3_8, 8, "auto", "2x2"), "needs 4 devices, but there are 8"),
+        ((5e9, TPU_V3_8, 12, "data"), "global batch (12) is not divisible by the data-parallel degree 8"),
+        ((5e9, TPU_V3_8, 5, "model", "2x4"), "not divisible by the data-parallel degree 2"),
+        ((200 * GiB, TPU_V3_8, 8), "cannot fit even sharded over all 8 devices"),
+        ((17e9, TPU_V3_8, 8, "data"), "do not fit one device"),
+        ((5e9, TPU_V3_8, 8, "data", "2x4"), "model axis of 1"),
+        ((5e9, TPU_V3_8, 8, "pipeline"), "distribution must be one of"),
+        ((5e9, TPU_V3_8, 8, "auto", "8"), "BATCHxMODEL"),
+    ],
+)
+def test_clear_errors_before_anything_is_built(args, message):
+    with pytest.raises(DistributionError, match=re.escape(message)):
+        choose_strategy(*args)
+
+
+def test_detect_devices_and_plan_here():
+    info = distribution.detect_devices()
+    assert info.count == len(keras.distribution.list_devices()) and info.memory_bytes > 0
+    chosen, architecture = distribution.plan("tiny:gemma2", "float32", 8, devices=TPU_V3_8, verbose=False)
+    assert (chosen.kind, chosen.mesh, architecture) == ("data", (8, 1), "gemma")
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_every_large_kernel_matches_a_rule(architecture):
+    """Each kernel bigger than a norm scale has a layout; LoRA and norms have none."""
+    lm = build_tiny_causal_lm(architecture)
+    enable_lora(lm, rank=2, targets="all")
+    mesh = keras.distribution.DeviceMesh((1, 1), ("batch", "model"), keras.distribution.list_devices()[:1])
+    layouts = distribution.layout_map(architecture, mesh)
+    for variable in lm.backbone.variables:
+        layout = layouts[variable.path]
+        if "lora_kernel" in variable.path or len(variable.shape) == 1:
+            assert layout is None, variable.path
+        else:
+            assert layout is not None and len(layout.axes) == len(variable.shape), variable.path
+
+
+def test_gemma3_layout_matches_keras_hub_rules_for_shared_names():
+    mesh = keras.distribution.DeviceMesh((1, 1), ("batch", "model"), keras.distribution.list_devices()[:1])
+    ours, keras_hub_map = distribution.gemma3_layout_map(mesh), distribution.layout_map("gemma", mesh)
+    assert {k: v.axes for k, v in ours.items()} == {k: v.axes for k, v in keras_hub_map.items()}
