@@ -10,6 +10,7 @@ from kerasgemma.backend import ensure_jax_backend
 ensure_jax_backend()
 
 import keras_hub  # noqa: E402
+import numpy as np  # noqa: E402
 
 END_OF_TURN = "<end_of_turn>"
 
@@ -54,7 +55,7 @@ def generate(causal_lm, prompts, max_new_tokens=64, sampler="greedy", **sampler_
     Args:
         causal_lm: a keras-hub causal LM with a preprocessor.
         prompts: str or list of str.
-        max_new_tokens: int. Most tokens to add to the longest prompt.
+        max_new_tokens: int. Most tokens added to each prompt.
         sampler: see `make_sampler`; `sampler_args` go there too.
 
     Returns the completions (prompt removed, stop token and anything after
@@ -68,17 +69,23 @@ def generate(causal_lm, prompts, max_new_tokens=64, sampler="greedy", **sampler_
     """
     single = isinstance(prompts, str)
     prompts = [prompts] if single else list(prompts)
-    tokenizer = causal_lm.preprocessor.tokenizer
+    preprocessor = causal_lm.preprocessor
+    tokenizer = preprocessor.tokenizer
     longest = max(len(tokenizer(prompt)) for prompt in prompts) + 1  # + BOS
     causal_lm.compile(sampler=make_sampler(sampler, **sampler_args))
-    outputs = causal_lm.generate(
-        prompts,
-        max_length=longest + max_new_tokens,
-        stop_token_ids=stop_token_ids(tokenizer),
-        strip_prompt=True,
-    )
-    outputs = [text.split(END_OF_TURN)[0] for text in outputs]
-    return outputs[0] if single else outputs
+    # keras-hub's `generate(max_length=...)` is one budget for the whole
+    # batch, counted from the start: a short prompt batched with a long one
+    # would get more new tokens than alone. We run its compiled function on
+    # the preprocessed batch and keep `max_new_tokens` per row ourselves.
+    inputs = preprocessor.generate_preprocess(prompts, sequence_length=longest + max_new_tokens)
+    outputs = causal_lm.make_generate_function()(inputs, stop_token_ids=stop_token_ids(tokenizer))
+    prompt_mask = np.asarray(inputs["padding_mask"])
+    positions = np.arange(prompt_mask.shape[1])
+    within_budget = positions[None, :] < prompt_mask.sum(axis=1, keepdims=True) + max_new_tokens
+    answer_mask = np.asarray(outputs["padding_mask"]) & ~prompt_mask & within_budget
+    texts = preprocessor.generate_postprocess({"token_ids": np.asarray(outputs["token_ids"]), "padding_mask": answer_mask})
+    answers = [text.split(END_OF_TURN)[0] for text in texts]
+    return answers[0] if single else answers
 
 
 def chat(causal_lm, messages, max_new_tokens=128, template="gemma", **generate_args):
