@@ -17,12 +17,21 @@ import numpy as np  # noqa: E402
 
 from kerasgemma.forward import cross_entropy  # noqa: E402
 from kerasgemma.forward import logits_fn  # noqa: E402
+from kerasgemma.forward import per_token_loss  # noqa: E402
 
 
-def summed_loss(causal_lm, trainable, non_trainable, batch):
-    """Sum of per-token losses weighted by `loss_weights`, and the weight sum."""
-    logits = logits_fn(causal_lm, trainable, non_trainable, batch)
-    losses = cross_entropy(logits, batch["target_ids"])
+def summed_loss(causal_lm, trainable, non_trainable, batch, fused_loss=True):
+    """Sum of per-token losses weighted by `loss_weights`, and the weight sum.
+
+    `fused_loss` projects onto the vocabulary in slices with the gradient
+    formed in the same pass (`kerasgemma.forward.fused_cross_entropy`);
+    False is the reference computation over full float32 logits.
+    """
+    if fused_loss:
+        losses = per_token_loss(causal_lm, trainable, non_trainable, batch)
+    else:
+        logits = logits_fn(causal_lm, trainable, non_trainable, batch)
+        losses = cross_entropy(logits, batch["target_ids"])
     weights = batch["loss_weights"].astype(jnp.float32)
     return jnp.sum(losses * weights), jnp.sum(weights)
 
@@ -39,19 +48,19 @@ def stack_micro_batches(batches):
     return {key: np.stack([batch[key] for batch in batches]) for key in batches[0]}
 
 
-def make_train_step(causal_lm, optimizer):
+def make_train_step(causal_lm, optimizer, fused_loss=True):
     """A jitted `step(state, non_trainable, micro_batches) -> (state, loss, tokens)`.
 
     `state` is `(trainable, optimizer_variables)`, lists of arrays, and is
     donated (updated in place on the device); `non_trainable` (the frozen
     base weights) is only read, so it stays shared with the Keras model;
     `micro_batches` is a batch dict whose arrays have a leading micro-batch
-    axis (see `stack_micro_batches`).
+    axis (see `stack_micro_batches`). `fused_loss`: see `summed_loss`.
     """
 
     def grad_fn(trainable, non_trainable, batch):
         def loss(values):
-            return summed_loss(causal_lm, values, non_trainable, batch)
+            return summed_loss(causal_lm, values, non_trainable, batch, fused_loss)
 
         (total, count), grads = jax.value_and_grad(loss, has_aux=True)(trainable)
         return total, count, grads
@@ -79,10 +88,10 @@ def make_train_step(causal_lm, optimizer):
     return jax.jit(step, donate_argnums=0)
 
 
-def make_eval_step(causal_lm):
+def make_eval_step(causal_lm, fused_loss=True):
     """A jitted `eval_step(trainable, non_trainable, batch) -> (sum, count)`."""
 
     def eval_step(trainable, non_trainable, batch):
-        return summed_loss(causal_lm, trainable, non_trainable, batch)
+        return summed_loss(causal_lm, trainable, non_trainable, batch, fused_loss)
 
     return jax.jit(eval_step)
