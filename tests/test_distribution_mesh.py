@@ -30,6 +30,7 @@ def run_on_8_devices(*args):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_eight_devices_match_one(architecture):
     result = run_on_8_devices(architecture)

@@ -61,7 +61,9 @@ def detect_devices():
     True
     """
     devices = jax.devices()
-    first = devices[0]
+    # Another host's device has no memory stats to give (JaxRuntimeError
+    # "MemoryStats is only supported for addressable PjRt devices").
+    first = jax.local_devices()[0]
     stats = first.memory_stats() or {}
     if stats.get("bytes_limit"):
         memory, source = int(stats["bytes_limit"]), "device.memory_stats()"
