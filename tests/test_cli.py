@@ -1,0 +1,46 @@
+"""The command line: every subcommand's --help tells its flags, and the entry point runs."""
+
+import subprocess
+import sys
+
+import pytest
+
+from kerasgemma.cli import make_parser
+
+SUBCOMMANDS = ["demo", "data", "train", "resume", "offline-model", "export"]
+
+
+def test_every_subcommand_is_registered():
+    parser = make_parser()
+    choices = parser._subparsers._group_actions[0].choices
+    assert sorted(choices) == sorted(SUBCOMMANDS)
+
+
+@pytest.mark.parametrize("name", SUBCOMMANDS)
+def test_help_lists_flags(name, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        make_parser().parse_args([name, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: kerasgemma " + name)
+    assert "--" in text
+
+
+def test_train_help_shows_every_config_field(capsys):
+    import dataclasses
+
+    from kerasgemma.config import TrainConfig
+
+    with pytest.raises(SystemExit):
+        make_parser().parse_args(["train", "--help"])
+    text = capsys.readouterr().out
+    for field in dataclasses.fields(TrainConfig):
+        assert "--" + field.name.replace("_", "-") in text
+
+
+def test_python_dash_m_entry_point():
+    done = subprocess.run(
+        [sys.executable, "-m", "kerasgemma", "--help"], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert "demo" in done.stdout and "export" in done.stdout
