@@ -1,0 +1,88 @@
+"""Export then verify, as the CLI and the conversion script do it, with progress bars."""
+
+import functools
+import os
+import shutil
+import tempfile
+
+from kerasgemma.export.adapter import export_adapter
+from kerasgemma.export.merged import export_merged
+from kerasgemma.export.verify import verify_export
+from kerasgemma.export.weights import hf_tensor_shapes
+
+
+def _tensor_progress(causal_lm, description):
+    import tqdm
+
+    total = len(hf_tensor_shapes(causal_lm.backbone))
+    return functools.partial(tqdm.tqdm, total=total, desc=description, unit="tensor")
+
+
+def export_and_verify(
+    causal_lm,
+    output_dir,
+    adapter_only=False,
+    base_model=None,
+    dtype="bfloat16",
+    max_shard_size="2GB",
+    verify=True,
+    max_new_tokens=16,
+    atol=1e-3,
+    check_mlx=True,
+    progress=True,
+    log=print,
+):
+    """Write a merged folder (or a PEFT adapter) and check it against `causal_lm`.
+
+    An adapter is checked on a base folder exported to a temporary
+    directory beside `output_dir` (frozen weights, `dtype`) and deleted after.
+
+    Args:
+        causal_lm: the Keras causal LM (LoRA enabled for an adapter).
+        output_dir: str. Folder to write.
+        adapter_only: bool. Write a PEFT adapter instead of a merged model.
+        base_model: str or None. The adapter's `base_model_name_or_path`.
+        dtype, max_shard_size: merged weights' dtype and shard size.
+        verify: bool. Run `verify_export` (writes `verification.json`).
+        max_new_tokens, atol, check_mlx: passed to `verify_export`.
+        progress: bool. Show a progress bar over the tensors written.
+        log: callable for one-line status messages.
+
+    Returns:
+        `(folder, VerificationReport or None)`.
+
+    Example:
+    >>> import tempfile
+    >>> from kerasgemma.tiny import build_tiny_causal_lm
+    >>> lm = build_tiny_causal_lm("gemma")
+    >>> folder, report = export_and_verify(lm, tempfile.mkdtemp() + "/hf", max_new_tokens=2,
+    ...                                    check_mlx=False, progress=False, log=lambda _: None)
+    >>> report.passed
+    True
+    """
+    bar = _tensor_progress(causal_lm, "writing") if progress else None
+    if not adapter_only:
+        log(f"writing merged {dtype} folder {output_dir}")
+        folder = export_merged(causal_lm, output_dir, dtype=dtype, max_shard_size=max_shard_size, progress=bar)
+        if not verify:
+            return folder, None
+        log("verifying with transformers" + (" and mlx-lm" if check_mlx else ""))
+        return folder, verify_export(causal_lm, folder, max_new_tokens=max_new_tokens, atol=atol,
+                                     check_mlx=check_mlx)
+
+    log(f"writing PEFT adapter {output_dir}")
+    folder = export_adapter(causal_lm, output_dir, base_model_name_or_path=base_model or "base")
+    if not verify:
+        return folder, None
+    parent = os.path.dirname(os.path.abspath(output_dir))
+    scratch = tempfile.mkdtemp(prefix=".verify-base-", dir=parent)
+    try:
+        log("writing the base folder the adapter is checked on")
+        base = export_merged(causal_lm, os.path.join(scratch, "base"), dtype=dtype,
+                             max_shard_size=max_shard_size, merge_lora=False, progress=bar)
+        log("verifying base + adapter with transformers and PEFT")
+        report = verify_export(causal_lm, None, adapter_dir=folder, base_dir=base,
+                               max_new_tokens=max_new_tokens, atol=atol)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return folder, report

@@ -1,0 +1,180 @@
+"""Model card and Hub push for an exported folder.
+
+`push_to_hub` uploads only a folder whose `verification.json` says it passed
+(unless forced), creates the repo private unless told otherwise, and never
+handles the token itself: `huggingface_hub` reads `HF_TOKEN` or the stored
+login, so the token is not in our arguments, messages, logs or files.
+"""
+
+import json
+import os
+
+from kerasgemma.export.verify import read_report
+
+MODEL_CARD_NAME = "README.md"
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+# Gemma weights are distributed under the Gemma Terms of Use; derivatives
+# inherit them (https://ai.google.dev/gemma/terms).
+GEMMA_LICENSE = "gemma"
+
+
+class VerificationError(RuntimeError):
+    """The folder failed verification, or was never verified."""
+
+
+def _usage(kind, repo_or_folder, base_model):
+    if kind == "adapter":
+        return f"""```python
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+base = AutoModelForCausalLM.from_pretrained("{base_model}")
+model = PeftModel.from_pretrained(base, "{repo_or_folder}")
+tokenizer = AutoTokenizer.from_pretrained("{base_model}")
+```"""
+    return f"""```python
+from transformers import pipeline
+
+chat = pipeline("text-generation", model="{repo_or_folder}")
+messages = [{{"role": "user", "content": "中国的首都是哪里？"}}]
+print(chat(messages, max_new_tokens=64, do_sample=False)[0]["generated_text"][-1]["content"])
+```"""
+
+
+def _verification_section(report):
+    if report is None:
+        return "Not verified (`--no-verify`)."
+    lines = [
+        f"**{'Passed' if report['passed'] else 'FAILED'}** ({report['kind']}): compared with the Keras "
+        f"model it was exported from, in float32, on {len(report['prompts'])} prompts.",
+        "",
+        "| check | result |",
+        "| --- | --- |",
+        f"| max \\|Δ logits\\| (tolerance {report['atol']:g}) | {report['max_abs_logits_diff']:.3g} |",
+        f"| weights ({report['weights_dtype']}) bit-exact vs Keras | {report['weights_bit_exact']} |",
+        f"| max \\|Δ logits\\| with the folder's rounded weights | {report['rounded_max_abs_logits_diff']:.3g} |",
+        f"| greedy tokens identical (≤ {report['max_new_tokens']} new) | "
+        f"{all(p['greedy_match'] for p in report['prompts'])} |",
+        f"| tokenizer ids identical | {all(p['tokens_match'] for p in report['prompts'])} |",
+        f"| mlx-lm | {report['mlx']} |",
+    ]
+    lines.extend(f"\nFailure: {failure}" for failure in report["failures"])
+    return "\n".join(lines)
+
+
+def model_card(folder, base_model, lora=None, run_config=None, training=None, repo_id=None):
+    """The README.md text for an exported folder.
+
+    Args:
+        folder: str. The exported folder (its `verification.json` is read).
+        base_model: str. The model fine-tuned (a preset or an HF id).
+        lora: dict or None. LoRA settings: rank, alpha, targets.
+        run_config: dict or None. The training run's config.json.
+        training: dict or None. `kerasgemma.export.checkpoint.training_summary`.
+        repo_id: str or None. Used in the usage snippet (else the folder).
+
+    Example:
+    >>> import tempfile
+    >>> card = model_card(tempfile.mkdtemp(), "google/gemma-2b", lora={"rank": 4})
+    >>> card.splitlines()[1], "Not verified" in card
+    ('license: gemma', True)
+    """
+    kind = "adapter" if os.path.isfile(os.path.join(folder, ADAPTER_CONFIG_NAME)) else "merged"
+    run_config = run_config or {}
+    data = run_config.get("data")
+    front = ["---", f"license: {GEMMA_LICENSE}", f"base_model: {base_model}",
+             "library_name: " + ("peft" if kind == "adapter" else "transformers"),
+             "pipeline_tag: text-generation", "tags: [gemma, lora, keras, kerasgemma]", "---"]
+    training_lines = [f"- {key}: {run_config[key]}" for key in (
+        "epochs", "max_steps", "sequence_length", "batch_size", "learning_rate", "schedule", "dtype", "seed",
+    ) if run_config.get(key) is not None]
+    if training:
+        training_lines.append(f"- steps run: {training['steps']}, tokens: {training['tokens']}")
+        for key in ("train_loss", "val_loss"):
+            if key in training:
+                training_lines.append(
+                    f"- {key.replace('_', ' ')}: {training[key]['first']:.4f} → {training[key]['last']:.4f}"
+                )
+    lora_text = (
+        f"rank {lora['rank']}, alpha {lora.get('alpha', lora['rank'])}, on {', '.join(lora.get('targets', []))}"
+        if lora else "none recorded"
+    )
+    what = ("A PEFT LoRA adapter" if kind == "adapter" else "Gemma with LoRA merged into the weights")
+    sections = [
+        "\n".join(front),
+        f"# {repo_id or os.path.basename(os.path.abspath(folder))}",
+        f"{what}, fine-tuned from `{base_model}` with Keras 3 / keras-hub on JAX and exported by "
+        "kerasgemma (`kerasgemma export`).",
+        "## Training\n" + "\n".join([
+            f"- data: {data or 'not recorded'}",
+            f"- LoRA: {lora_text}",
+            *training_lines,
+        ]),
+        "## Verification\n" + _verification_section(read_report(folder)),
+        "## Usage\n" + _usage(kind, repo_id or os.path.abspath(folder), base_model),
+        "## License\nGemma is provided under the [Gemma Terms of Use](https://ai.google.dev/gemma/terms); "
+        "this derivative is subject to the same terms.",
+    ]
+    return "\n\n".join(sections) + "\n"
+
+
+def write_model_card(folder, base_model, **kwargs):
+    """Write `model_card(folder, base_model, **kwargs)` as `folder/README.md`; returns its path."""
+    from kerasgemma.export.folder import write_text_atomic
+
+    path = os.path.join(folder, MODEL_CARD_NAME)
+    write_text_atomic(path, model_card(folder, base_model, **kwargs))
+    return path
+
+
+def check_verified(folder):
+    """Raise `VerificationError` unless `folder/verification.json` says it passed.
+
+    Example:
+    >>> import tempfile
+    >>> check_verified(tempfile.mkdtemp())
+    Traceback (most recent call last):
+    ...
+    kerasgemma.hub.VerificationError: ... was not verified ...
+    """
+    report = read_report(folder)
+    if report is None:
+        raise VerificationError(
+            f"{folder} was not verified (no verification.json); verify it or pass force=True (--force-push)."
+        )
+    if not report["passed"]:
+        raise VerificationError(
+            f"{folder} failed verification ({'; '.join(report['failures'])}); not pushing without "
+            "force=True (--force-push)."
+        )
+
+
+def push_to_hub(folder, repo_id, private=True, force=False, endpoint=None, commit_message=None):
+    """Create `repo_id` (private by default) and upload `folder` to it.
+
+    Args:
+        folder: str. An exported folder with its model card.
+        repo_id: str. "user/name" or "org/name".
+        private: bool. Create the repo private (ignored if it exists).
+        force: bool. Push even if verification failed or was skipped.
+        endpoint: str or None. Hub URL; None for huggingface_hub's default.
+        commit_message: str or None.
+
+    Returns:
+        str, the repo URL.
+    """
+    from huggingface_hub import HfApi
+
+    if not force:
+        check_verified(folder)
+    api = HfApi(endpoint=endpoint)
+    url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    report = read_report(folder)
+    summary = "unverified" if report is None else ("verified" if report["passed"] else "FAILED verification")
+    api.upload_folder(
+        folder_path=folder,
+        repo_id=repo_id,
+        repo_type="model",
+        commit_message=commit_message or f"Upload kerasgemma export ({summary})",
+    )
+    return str(url)
