@@ -74,7 +74,7 @@ def run_mode(args):
     mesh = {"single": (1, 1), "data": (count, 1), "model": (1, count)}[args.only]
     kind = {"single": "none", "data": "data", "model": "model"}[args.only]
     architecture, config = SHAPES[args.shape]
-    configure(Strategy(kind, mesh, "benchmark"), architecture)
+    configure(Strategy(kind, mesh, "benchmark"), architecture, config["num_key_value_heads"])
     keras.utils.set_random_seed(0)
     backbone_cls, _, _, lm_cls = _CLASSES[architecture]
     causal_lm = lm_cls(backbone=backbone_cls(**config, dtype=args.dtype), preprocessor=None)

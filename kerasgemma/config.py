@@ -55,6 +55,9 @@ class TrainConfig:
         eval_every, save_every (steps; 0 = only at the end), keep_checkpoints.
         sample_prompts: questions answered at each evaluation.
         max_new_tokens: length of those sample answers.
+        distribution: "auto" (choose from the model size and the devices),
+            "data", "model" or "none"; see `kerasgemma.distribution`.
+        mesh: `(batch, model)` device mesh such as "2x4", or None to choose.
         seed: seed for the data split and order and the LoRA
             initialisation; nothing else is random while training, so the
             same seed and config give the same losses on the same device.
@@ -91,6 +94,8 @@ class TrainConfig:
     keep_checkpoints: int = 2
     sample_prompts: list[str] = dataclasses.field(default_factory=list)
     max_new_tokens: int = 64
+    distribution: str = "auto"
+    mesh: str | None = None
     seed: int = 0
     output_dir: str = "runs"
 

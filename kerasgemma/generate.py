@@ -67,8 +67,11 @@ def generate(causal_lm, prompts, max_new_tokens=64, sampler="greedy", **sampler_
     >>> isinstance(generate(lm, "你好", max_new_tokens=4), str)
     True
     """
+    from kerasgemma.distribution import pad_to_replicas
+
     single = isinstance(prompts, str)
-    prompts = [prompts] if single else list(prompts)
+    # Under data parallel every replica needs a row: pad the batch, drop the extras.
+    prompts, count = pad_to_replicas([prompts] if single else list(prompts))
     preprocessor = causal_lm.preprocessor
     tokenizer = preprocessor.tokenizer
     longest = max(len(tokenizer(prompt)) for prompt in prompts) + 1  # + BOS
@@ -84,7 +87,7 @@ def generate(causal_lm, prompts, max_new_tokens=64, sampler="greedy", **sampler_
     within_budget = positions[None, :] < prompt_mask.sum(axis=1, keepdims=True) + max_new_tokens
     answer_mask = np.asarray(outputs["padding_mask"]) & ~prompt_mask & within_budget
     texts = preprocessor.generate_postprocess({"token_ids": np.asarray(outputs["token_ids"]), "padding_mask": answer_mask})
-    answers = [text.split(END_OF_TURN)[0] for text in texts]
+    answers = [text.split(END_OF_TURN)[0] for text in texts[:count]]
     return answers[0] if single else answers
 
 

@@ -123,7 +123,16 @@ def make_batches(config, tokenizer, examples, shuffle_seed):
 
 
 def build_model(config, texts=()):
-    """Load the preset and switch on LoRA, seeded so runs repeat exactly."""
+    """Choose the distribution, load the preset and switch on LoRA, seeded so runs repeat exactly.
+
+    The distribution is installed before the weights are created, so they are
+    created sharded; the choice and its reason are printed.
+    """
+    from kerasgemma import distribution
+
+    strategy, architecture = distribution.plan(config.preset, config.dtype, config.batch_size, config.distribution, config.mesh)
+    _, backbone_config = distribution.preset_backbone_config(config.preset)
+    distribution.configure(strategy, architecture, backbone_config.get("num_key_value_heads"))
     keras.utils.set_random_seed(config.seed)
     causal_lm = load_causal_lm(
         config.preset,
@@ -132,6 +141,8 @@ def build_model(config, texts=()):
         texts=texts if config.preset.startswith(TINY_PREFIX) else (),
     )
     enable_lora(causal_lm, config.lora_rank, config.lora_alpha, config.lora_targets)
+    for path, shape, _ in distribution.report_unsharded(causal_lm):
+        print(f"warning: {path} {tuple(shape)} is not sharded under {strategy.kind} parallel")
     return causal_lm
 
 

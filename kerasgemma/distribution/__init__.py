@@ -77,8 +77,11 @@ def plan(preset, dtype, batch_size, distribution="auto", mesh=None, devices=None
     return strategy, architecture
 
 
-def configure(strategy, architecture):
+def configure(strategy, architecture, num_key_value_heads=None):
     """Install the Keras distribution of `strategy`; build the model after this.
+
+    `num_key_value_heads` (from the backbone config) keeps query, key and
+    value split alike under model parallel (see `FittedModelParallel`).
 
     Returns the distribution (None for a single device, which also clears
     any distribution set before).
@@ -87,7 +90,7 @@ def configure(strategy, architecture):
     >>> configure(Strategy("none", (1, 1), "one device"), "gemma3") is None
     True
     """
-    distribution = make_distribution(strategy, architecture)
+    distribution = make_distribution(strategy, architecture, num_key_value_heads)
     keras.distribution.set_distribution(distribution)
     return distribution
 

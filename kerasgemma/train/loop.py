@@ -14,6 +14,7 @@ from kerasgemma.backend import ensure_jax_backend
 ensure_jax_backend()
 
 import jax  # noqa: E402
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
@@ -22,6 +23,7 @@ from kerasgemma.train.metrics import MetricsLog  # noqa: E402
 from kerasgemma.train.optimizer import make_optimizer  # noqa: E402
 from kerasgemma.train.optimizer import make_schedule  # noqa: E402
 from kerasgemma.train.step import make_eval_step  # noqa: E402
+from kerasgemma.distribution import shard_batch  # noqa: E402
 from kerasgemma.train.step import make_train_step  # noqa: E402
 from kerasgemma.train.step import stack_micro_batches  # noqa: E402
 
@@ -81,8 +83,6 @@ class Trainer:
         self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
         self.optimizer = make_optimizer(config, self.total_steps, causal_lm.trainable_variables)
         self.schedule = make_schedule(config, self.total_steps)  # for logging the rate of each step
-        self.train_step = make_train_step(causal_lm, self.optimizer)
-        self.eval_step = make_eval_step(causal_lm)
         self.metrics = MetricsLog(run_dir)
         self._cursor, self._iterator = None, None
         self.step = 0
@@ -92,6 +92,13 @@ class Trainer:
             [jax.numpy.array(v.value) for v in causal_lm.trainable_variables],
             [jax.numpy.array(v.value) for v in self.optimizer.variables],
         )
+        distributed = keras.distribution.distribution() is not None
+        self.train_step = make_train_step(
+            causal_lm,
+            self.optimizer,
+            state_shardings=jax.tree.map(lambda array: array.sharding, self.state) if distributed else None,
+        )
+        self.eval_step = make_eval_step(causal_lm)
         self.non_trainable = [v.value for v in causal_lm.non_trainable_variables]
 
     # -- data order -------------------------------------------------------
@@ -188,7 +195,7 @@ class Trainer:
             return {}
         total, count = 0.0, 0.0
         for batch in self.val_batches:
-            batch_total, batch_count = self.eval_step(self.state[0], self.non_trainable, batch)
+            batch_total, batch_count = self.eval_step(self.state[0], self.non_trainable, shard_batch(batch))
             total += float(batch_total)
             count += float(batch_count)
         loss = total / max(count, 1.0)
@@ -249,7 +256,9 @@ class Trainer:
             while self.step < self.total_steps:
                 micro_batches = self.batches_for_step(self.step)
                 tokens = int(sum(np.count_nonzero(b["segment_ids"]) for b in micro_batches))
-                self.state, loss, _ = self.train_step(self.state, self.non_trainable, stack_micro_batches(micro_batches))
+                self.state, loss, _ = self.train_step(
+                    self.state, self.non_trainable, shard_batch(stack_micro_batches(micro_batches), batch_axis=1)
+                )
                 self.step += 1
                 tokens_seen += tokens
                 is_last = self.step == self.total_steps

@@ -48,7 +48,7 @@ def stack_micro_batches(batches):
     return {key: np.stack([batch[key] for batch in batches]) for key in batches[0]}
 
 
-def make_train_step(causal_lm, optimizer, fused_loss=True):
+def make_train_step(causal_lm, optimizer, fused_loss=True, state_shardings=None):
     """A jitted `step(state, non_trainable, micro_batches) -> (state, loss, tokens)`.
 
     `state` is `(trainable, optimizer_variables)`, lists of arrays, and is
@@ -56,6 +56,9 @@ def make_train_step(causal_lm, optimizer, fused_loss=True):
     base weights) is only read, so it stays shared with the Keras model;
     `micro_batches` is a batch dict whose arrays have a leading micro-batch
     axis (see `stack_micro_batches`). `fused_loss`: see `summed_loss`.
+    `state_shardings` pins the new state to the layout of the old one: under
+    model parallel XLA may otherwise lay out the optimizer moments anew after
+    the first step, which costs a second compilation.
     """
 
     def grad_fn(trainable, non_trainable, batch):
@@ -85,7 +88,8 @@ def make_train_step(causal_lm, optimizer, fused_loss=True):
         )
         return (trainable, optimizer_variables), total * scale, count
 
-    return jax.jit(step, donate_argnums=0)
+    out_shardings = None if state_shardings is None else (state_shardings, None, None)
+    return jax.jit(step, donate_argnums=0, out_shardings=out_shardings)
 
 
 def make_eval_step(causal_lm, fused_loss=True):
