@@ -228,6 +228,41 @@ def _set_unrounded(model, backbone, merge_lora):
         raise RuntimeError(f"Weight names differ: missing {missing}, unexpected {unexpected}.")
 
 
+def mlx_limitation(config, longest):
+    """Why mlx-lm 0.32 cannot run this config correctly, or None.
+
+    These are mlx-lm's limits, not the folder's: transformers runs the same
+    folder. Anything else mlx-lm gets wrong is a verification failure.
+
+    Args:
+        config: dict. The folder's config.json, as mlx-lm reads it.
+        longest: int. The longest sequence the check runs.
+
+    Example:
+    >>> mlx_limitation({"model_type": "gemma3_text", "num_hidden_layers": 2}, 40)
+    "mlx-lm's gemma3_text needs at least 6 layers (sliding_window_pattern), this model has 2"
+    >>> mlx_limitation({"model_type": "gemma", "num_hidden_layers": 2}, 40) is None
+    True
+    """
+    model_type, layers = config["model_type"], config["num_hidden_layers"]
+    if model_type == "gemma2" and longest > config["sliding_window"]:
+        # Its Gemma 2 has no sliding window: past the window it must differ.
+        return (
+            f"mlx-lm's gemma2 ignores sliding_window "
+            f"({config['sliding_window']} < {longest} tokens checked)"
+        )
+    if model_type == "gemma3_text":
+        # It indexes the cache at `sliding_window_pattern - 1` (its default 6)
+        # for the global mask: an IndexError with fewer layers.
+        pattern = config.get("sliding_window_pattern") or 6
+        if layers < pattern:
+            return (
+                f"mlx-lm's gemma3_text needs at least {pattern} layers "
+                f"(sliding_window_pattern), this model has {layers}"
+            )
+    return None
+
+
 def verify_export(
     causal_lm,
     hf_dir,
@@ -282,7 +317,8 @@ def verify_export(
     failures = []
 
     with open(os.path.join(model_dir, "config.json")) as f:
-        dtype = json.load(f).get("dtype", "float32")
+        folder_config = json.load(f)
+    dtype = folder_config.get("dtype", "float32")
     bit_exact = _compare_files(model_dir, backbone, not is_adapter, dtype)
     if not bit_exact:
         failures.append(
@@ -331,19 +367,15 @@ def verify_export(
             failures.append(f"greedy tokens differ on {prompt[:30]!r}")
 
     mlx_status = "not checked (adapter)" if is_adapter else "skipped"
-    longest = max(len(p) for p in prompt_ids) + max_new_tokens
-    if model.config.model_type == "gemma2" and longest > model.config.sliding_window:
-        # mlx-lm 0.32's Gemma 2 has no sliding window: past it, it must differ.
-        mlx_status = (
-            f"skipped: mlx-lm's gemma2 ignores sliding_window "
-            f"({model.config.sliding_window} < {longest} tokens checked)"
-        )
+    limitation = mlx_limitation(folder_config, max(len(p) for p in prompt_ids) + max_new_tokens)
+    if limitation and check_mlx and not is_adapter:
+        mlx_status = f"skipped: {limitation}"
     elif check_mlx and not is_adapter:
         from kerasgemma.export.mlx_check import mlx_greedy
 
         try:
             mlx_tokens = mlx_greedy(hf_dir, prompt_ids, max_new_tokens, stop_ids)
-        except Exception as error:  # mlx-lm's own limits, e.g. < 6 Gemma 3 layers
+        except Exception as error:  # noqa: BLE001 - reported as a failure, not raised
             mlx_tokens = error
         if mlx_tokens is None:
             mlx_status = "mlx-lm not importable, skipped"
