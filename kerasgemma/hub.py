@@ -6,7 +6,6 @@ handles the token itself: `huggingface_hub` reads `HF_TOKEN` or the stored
 login, so the token is not in our arguments, messages, logs or files.
 """
 
-import json
 import os
 
 from kerasgemma.export.verify import read_report
@@ -20,6 +19,11 @@ GEMMA_LICENSE = "gemma"
 
 class VerificationError(RuntimeError):
     """The folder failed verification, or was never verified."""
+
+
+def _is_repo_id(name):
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "~")) and not os.path.exists(name)
 
 
 def _usage(kind, repo_or_folder, base_model):
@@ -76,14 +80,16 @@ def model_card(folder, base_model, lora=None, run_config=None, training=None, re
     Example:
     >>> import tempfile
     >>> card = model_card(tempfile.mkdtemp(), "google/gemma-2b", lora={"rank": 4})
-    >>> card.splitlines()[1], "Not verified" in card
-    ('license: gemma', True)
+    >>> card.splitlines()[1:3], "Not verified" in card
+    (['license: gemma', 'base_model: google/gemma-2b'], True)
     """
     kind = "adapter" if os.path.isfile(os.path.join(folder, ADAPTER_CONFIG_NAME)) else "merged"
     run_config = run_config or {}
     data = run_config.get("data")
-    front = ["---", f"license: {GEMMA_LICENSE}", f"base_model: {base_model}",
-             "library_name: " + ("peft" if kind == "adapter" else "transformers"),
+    front = ["---", f"license: {GEMMA_LICENSE}"]
+    if _is_repo_id(base_model):  # the Hub's metadata field takes repo ids, not local paths
+        front.append(f"base_model: {base_model}")
+    front += ["library_name: " + ("peft" if kind == "adapter" else "transformers"),
              "pipeline_tag: text-generation", "tags: [gemma, lora, keras, kerasgemma]", "---"]
     training_lines = [f"- {key}: {run_config[key]}" for key in (
         "epochs", "max_steps", "sequence_length", "batch_size", "learning_rate", "schedule", "dtype", "seed",

@@ -1,0 +1,43 @@
+"""Convert a saved Keras Gemma checkpoint to a verified Hugging Face folder, and push it.
+
+Thin wrapper over `kerasgemma.export` (the same flags as `kerasgemma export`):
+
+    # A training run folder (lora.json + adapter.lora.h5): merged bfloat16 folder, verified
+    python export/convert_to_hf.py runs/20261128-101500 out/gemma-zh
+
+    # Base preset + LoRA file; PEFT adapter only, named after the official base
+    python export/convert_to_hf.py gemma_2b_en out/adapter --lora adapter.lora.h5 \\
+        --lora-rank 4 --lora-alpha 4 --lora-targets query,value --adapter-only --base-model google/gemma-2b
+
+    # Base preset + full weights, 1 GB shards, pushed to a private repo (token from HF_TOKEN / hf auth login)
+    python export/convert_to_hf.py my_preset_dir out/hf --weights finetuned.weights.h5 \\
+        --max-shard-size 1GB --push me/gemma-2b-zh
+
+    # Try it in seconds on a tiny random model
+    python export/convert_to_hf.py tiny:gemma3 /tmp/hf --dtype float32
+
+Exits 1 when verification fails (nothing is pushed then, unless --force-push).
+"""
+
+import argparse
+import os
+import sys
+
+# Also runs from a clone without `pip install -e .`.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from kerasgemma.export.command import add_export_arguments, run  # noqa: E402
+
+
+def make_parser():
+    return add_export_arguments(
+        argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    )
+
+
+def main(argv=None):
+    return run(make_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
