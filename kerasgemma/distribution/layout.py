@@ -95,7 +95,7 @@ def fit_axes(axes, shape, mesh_sizes):
     )
 
 
-QKV_KERNEL = re.compile(r"attention/(query|key|value)/kernel$")
+ATTENTION_KERNEL = re.compile(r"attention/(query|key|value|attention_output)/kernel$")
 
 
 class FittedModelParallel(keras.distribution.ModelParallel):
@@ -107,8 +107,10 @@ class FittedModelParallel(keras.distribution.ModelParallel):
     Query, key and value must be split alike: cuDNN's fused attention refuses
     to partition otherwise (measured on 2 GPUs with Gemma 2B, one key/value
     head: "Query, key and value should have same sharding"). So when the
-    key/value heads do not divide the `model` axis, the query heads are not
-    split over it either (`num_key_value_heads`).
+    key/value heads do not divide the `model` axis, no attention kernel is
+    split over it (`num_key_value_heads`): query and output heads neither, or
+    sharding propagation would split the query heads anyway. The FFW and
+    embedding, most of the weights, stay split.
     """
 
     def __init__(self, *args, num_key_value_heads=None, **kwargs):
@@ -123,7 +125,7 @@ class FittedModelParallel(keras.distribution.ModelParallel):
         if (
             self.num_key_value_heads is not None
             and self.num_key_value_heads % model_size
-            and QKV_KERNEL.search(variable.path)
+            and ATTENTION_KERNEL.search(variable.path)
         ):
             axes = tuple(None if axis == MODEL_AXIS else axis for axis in axes)
         if axes == tuple(layout.axes):
