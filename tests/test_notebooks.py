@@ -133,6 +133,7 @@ def check_run(notebook, output_dir):
     run_dir = run_dirs[0]
     verification = json.loads((run_dir / "hf-merged" / "verification.json").read_text())
     assert verification["passed"], verification
+    assert "**Passed**" in (run_dir / "hf-merged" / "README.md").read_text(), "model card without the verification"
     for name in ("config.json", "data_report.json", "metrics.jsonl", "loss.png", "adapter.lora.h5", "lora.json"):
         assert (run_dir / name).is_file(), name
     outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
