@@ -1,0 +1,169 @@
+"""Hub push against a local stand-in: model card, privacy, refusal unless verified, token hygiene.
+
+The stand-in implements the three Hub calls `HfApi.create_repo` and
+`HfApi.upload_folder` make (huggingface_hub 2.4, files small enough to be
+"regular" git blobs, so no LFS/xet storage is involved):
+`POST /api/repos/create`, `POST /api/validate-yaml` (a README.md's
+metadata; checked here only for YAML syntax), `POST
+/api/models/{repo}/preupload/{rev}` and `POST /api/models/{repo}/commit/{rev}`
+(NDJSON, base64 file contents).
+"""
+
+import base64
+import dataclasses
+import http.server
+import json
+import os
+import threading
+
+import pytest
+import yaml
+
+from kerasgemma import hub
+from kerasgemma.export.verify import REPORT_FILE, PromptCheck, VerificationReport
+
+TOKEN = "hf_standinSECRETtoken0123456789"
+
+
+class HubStandIn:
+    """A thread serving the Hub endpoints used by `push_to_hub`; records what it got."""
+
+    def __init__(self):
+        self.repos = {}  # repo_id -> {"visibility": ..., "files": {path: bytes}}
+        self.authorizations = []
+        self.metadata = []
+        standin = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+            def _reply(self, value, status=200):
+                body = json.dumps(value).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                standin.authorizations.append(self.headers.get("Authorization"))
+                parts = self.path.split("?")[0].strip("/").split("/")
+                if parts[:3] == ["api", "repos", "create"]:
+                    payload = json.loads(body)
+                    repo_id = f"{payload['organization']}/{payload['name']}"
+                    standin.repos.setdefault(repo_id, {"visibility": payload.get("visibility"), "files": {}})
+                    return self._reply({"url": f"{standin.url}/{repo_id}", "name": repo_id, "id": repo_id})
+                if parts[:2] == ["api", "validate-yaml"]:
+                    content = json.loads(body)["content"]
+                    try:
+                        standin.metadata.append(yaml.safe_load(content.split("---")[1]))
+                    except (IndexError, yaml.YAMLError) as error:
+                        return self._reply({"errors": [{"message": str(error)}]}, 400)
+                    return self._reply({"warnings": []})
+                if parts[:2] == ["api", "models"] and len(parts) == 6:
+                    repo_id, action = f"{parts[2]}/{parts[3]}", parts[4]
+                    if repo_id not in standin.repos:
+                        return self._reply({"error": "Repository not found"}, 404)
+                    if action == "preupload":
+                        files = json.loads(body)["files"]
+                        return self._reply({"files": [
+                            {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None}
+                            for f in files
+                        ]})
+                    if action == "commit":
+                        for line in body.decode().splitlines():
+                            item = json.loads(line)
+                            if item["key"] == "file":
+                                value = item["value"]
+                                standin.repos[repo_id]["files"][value["path"]] = base64.b64decode(value["content"])
+                        return self._reply({"commitUrl": f"{standin.url}/{repo_id}/commit/{'0' * 40}",
+                                            "commitOid": "0" * 40, "pullRequestUrl": None})
+                self._reply({"error": f"not in the stand-in: {self.path}"}, 404)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def standin(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    with HubStandIn() as server:
+        yield server
+
+
+def fake_export(folder, passed=True):
+    """A folder shaped like an export, with a verification report."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump({"model_type": "gemma3_text"}, f)
+    check = PromptCheck("你好", True, 1e-6, [5, 6], [5, 6], True)
+    report = VerificationReport(
+        passed=passed, folder=str(folder), kind="merged", atol=1e-3, max_new_tokens=2,
+        max_abs_logits_diff=1e-6 if passed else 0.5, weights_dtype="bfloat16", weights_bit_exact=True,
+        rounded_max_abs_logits_diff=0.01, prompts=[check], mlx="skipped: test",
+        failures=[] if passed else ["max |Δlogits| 0.5 > 0.001 on '你好'"],
+    )
+    with open(os.path.join(folder, REPORT_FILE), "w") as f:
+        f.write(report.to_json())
+    return str(folder)
+
+
+def test_push_creates_private_repo_with_model_card(standin, tmp_path):
+    folder = fake_export(tmp_path / "hf")
+    hub.write_model_card(folder, "google/gemma-3-270m", lora={"rank": 4, "alpha": 8, "targets": ["query", "value"]},
+                         run_config={"data": "hc3_baike.jsonl", "learning_rate": 1e-4},
+                         training={"steps": 10, "tokens": 1000, "val_loss": {"first": 3.0, "last": 2.0}},
+                         repo_id="me/gemma-zh")
+    url = hub.push_to_hub(folder, "me/gemma-zh", endpoint=standin.url)
+    assert url.endswith("me/gemma-zh")
+    repo = standin.repos["me/gemma-zh"]
+    assert repo["visibility"] == "private"
+    assert set(repo["files"]) == {"README.md", "config.json", REPORT_FILE}
+    assert standin.metadata[0]["license"] == "gemma"
+    card = repo["files"]["README.md"].decode()
+    for expected in ("license: gemma", "base_model: google/gemma-3-270m", "hc3_baike.jsonl", "rank 4, alpha 8",
+                     "val loss: 3.0000 → 2.0000", "**Passed**", "1e-06", 'pipeline("text-generation", '
+                     'model="me/gemma-zh")', "Gemma Terms of Use"):
+        assert expected in card, expected
+    # The token was sent to the server and nowhere else.
+    assert standin.authorizations and all(a == f"Bearer {TOKEN}" for a in standin.authorizations)
+    for name in os.listdir(folder):
+        assert TOKEN not in open(os.path.join(folder, name), encoding="utf-8").read()
+
+
+def test_public_flag(standin, tmp_path):
+    hub.push_to_hub(fake_export(tmp_path / "hf"), "me/open", private=False, endpoint=standin.url)
+    assert standin.repos["me/open"]["visibility"] == "public"
+
+
+@pytest.mark.parametrize("state", ["failed", "unverified"])
+def test_refuses_unless_verified_or_forced(standin, tmp_path, state):
+    folder = fake_export(tmp_path / "hf", passed=False)
+    if state == "unverified":
+        os.remove(os.path.join(folder, REPORT_FILE))
+    with pytest.raises(hub.VerificationError, match="force"):
+        hub.push_to_hub(folder, "me/bad", endpoint=standin.url)
+    assert standin.repos == {} and standin.authorizations == []
+    hub.push_to_hub(folder, "me/bad", force=True, endpoint=standin.url)
+    assert "config.json" in standin.repos["me/bad"]["files"]
+
+
+def test_model_card_reports_failure_and_adapter_usage(tmp_path):
+    folder = fake_export(tmp_path / "adapter", passed=False)
+    open(os.path.join(folder, "adapter_config.json"), "w").write("{}")
+    card = hub.model_card(folder, "/local/base/path")
+    assert "**FAILED**" in card and "Failure: max |Δlogits| 0.5" in card
+    assert "PeftModel.from_pretrained" in card and "library_name: peft" in card
+    assert "base_model:" not in card  # a local path is not a Hub repo id
+    assert dataclasses.is_dataclass(VerificationReport)
