@@ -50,7 +50,8 @@ def _verification_section(report):
         return "Not verified (`--no-verify`)."
     lines = [
         f"**{'Passed' if report['passed'] else 'FAILED'}** ({report['kind']}): compared with the Keras "
-        f"model it was exported from, in float32, on {len(report['prompts'])} prompts.",
+        f"model it was exported from, in float32, on {len(report['prompts'])} prompts "
+        f"(reference: {report.get('reference', 'Keras model (float32)')}).",
         "",
         "| check | result |",
         "| --- | --- |",

@@ -114,3 +114,18 @@ def test_unsupported_backbone_is_refused(tmp_path):
     with pytest.raises(ValueError, match="neither Gemma 1 nor Gemma 2"):
         export_merged(lm, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
+
+
+def test_bfloat16_keras_model_is_checked_against_float32(tmp_path):
+    """A bfloat16 Keras model computes in bfloat16 (~1e-2 from float32); the check uses a float32 copy."""
+    lm = build_tiny_causal_lm("gemma3", dtype="bfloat16")
+    lm.backbone.enable_lora(2)
+    rng = np.random.default_rng(0)
+    for layer in lm.backbone._flatten_layers():
+        if getattr(layer, "lora_enabled", False):
+            layer.lora_kernel_b.assign(rng.normal(0, 0.3, layer.lora_kernel_b.shape))
+    folder = export_merged(lm, tmp_path / "hf", dtype="bfloat16")
+    report = verify_export(lm, folder, max_new_tokens=8, check_mlx=False)
+    assert report.passed, report.summary()
+    assert report.weights_bit_exact and report.max_abs_logits_diff < 1e-4
+    assert report.reference.startswith("float32 copy")
