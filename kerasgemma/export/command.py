@@ -23,7 +23,7 @@ def add_export_arguments(parser):
 
     Example:
     >>> parser = argparse.ArgumentParser()
-    >>> add_export_arguments(parser)
+    >>> _ = add_export_arguments(parser)
     >>> args = parser.parse_args(["runs/x", "out", "--adapter-only", "--push", "me/m"])
     >>> args.adapter_only, args.push, args.public, args.dtype
     (True, 'me/m', False, 'bfloat16')
