@@ -95,11 +95,26 @@ def run_demo(config=DEMO_CONFIG, held_out=3, export=True, export_dtype="bfloat16
     for item in report["answers"]:
         log(f"Q: {item['question']}\n  before: {item['before']!r}\n  after:  {item['after']!r}")
     if export:
-        from kerasgemma.export import export_merged, verify_export
+        from kerasgemma.export.checkpoint import training_summary
+        from kerasgemma.export.pipeline import export_and_verify
+        from kerasgemma.hub import write_model_card
+        from kerasgemma.model import resolve_lora_targets
 
-        merged = export_merged(trainer.causal_lm, run_dir / MERGED_DIR_NAME, dtype=export_dtype)
-        verification = verify_export(trainer.causal_lm, merged)
+        merged, verification = export_and_verify(
+            trainer.causal_lm, str(run_dir / MERGED_DIR_NAME), dtype=export_dtype, progress=progress, log=log
+        )
         log(verification.summary())
+        write_model_card(
+            merged,
+            config.preset,
+            lora={
+                "rank": config.lora_rank,
+                "alpha": config.lora_alpha or config.lora_rank,
+                "targets": resolve_lora_targets(config.lora_targets),
+            },
+            run_config=config.to_dict(),
+            training=training_summary(run_dir),
+        )
         report["export"] = {"merged_dir": merged, "verification": dataclasses.asdict(verification)}
         report["passed"] = verification.passed
     write_json(run_dir / DEMO_REPORT_NAME, report)
