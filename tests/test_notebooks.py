@@ -28,6 +28,7 @@ KERNEL_NAME = "kerasgemma-test"
 PARAMETER_NAMES = {
     "install_package",
     "preset",
+    "base_model",
     "data",
     "max_steps",
     "sequence_length",
@@ -42,6 +43,7 @@ def cpu_parameters(output_dir, preset="tiny:gemma3"):
     return dict(
         install_package=False,
         preset=preset,
+        base_model=preset,  # only named in the model card
         data=str(SAMPLE_DATA),
         sequence_length=64,
         batch_size=2,
@@ -122,8 +124,15 @@ def execute(path, kernel_name, work_dir, parameters):
         execution_timeout=1200,
     )
     seconds = time.perf_counter() - start
-    print(f"{path.name}: executed in {seconds:.1f} s with preset {parameters['preset']}")
-    return nbformat.read(output, as_version=4), seconds
+    notebook = nbformat.read(output, as_version=4)
+    slowest = sorted(
+        ((cell.metadata.get("papermill", {}).get("duration") or 0.0, cell.source.splitlines()[-1][:50])
+         for cell in notebook.cells if cell.cell_type == "code"),
+        reverse=True,
+    )[:6]
+    print(f"{path.name}: executed in {seconds:.1f} s with preset {parameters['preset']}; slowest cells: "
+          + "; ".join(f"{duration:.1f} s `{line}`" for duration, line in slowest))
+    return notebook, seconds
 
 
 def check_run(notebook, output_dir):
