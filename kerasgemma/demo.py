@@ -25,8 +25,13 @@ DEMO_REPORT_NAME = "demo_report.json"
 MERGED_DIR_NAME = "hf-merged"
 
 # Sized for a 2-core CPU (about 100 tokens/s for the 270M model in float32,
-# shared DESIGN.md): one pass over ~290 short Q&A pairs packed into rows of
-# 256 tokens takes a few minutes.
+# shared DESIGN.md): two passes over ~290 short Q&A pairs packed into rows of
+# 256 tokens take a few minutes. Why two passes and LoRA on every linear
+# layer: the base model never saw `<end_of_turn>`, whose embedding is as
+# untrained as the `<unusedN>` tokens'; after one pass with LoRA on attention
+# only, the answers were right but ended in `<unused66>model` instead of
+# stopping (measured: <end_of_turn> ranked 4th). Two passes on all layers:
+# validation loss 4.29 -> 3.03 and every held-out answer stops cleanly.
 DEMO_CONFIG = TrainConfig(
     preset="offline:gemma3_270m",
     data=str(SAMPLE_DATA),
@@ -34,11 +39,11 @@ DEMO_CONFIG = TrainConfig(
     batch_size=4,
     validation_fraction=0.1,
     lora_rank=8,
-    lora_targets="attention",
+    lora_targets="all",
     learning_rate=1e-3,
     warmup_steps=2,
     schedule="cosine",
-    epochs=1,
+    epochs=2,
     max_new_tokens=48,
     output_dir="runs",
 )

@@ -226,11 +226,13 @@ class Trainer:
                 }
             )
         if pending:
+            # Counted when finished, not when queued, so the ETA is honest;
             # tqdm adds elapsed time, ETA and steps/s to this postfix.
-            bar.set_postfix(loss=f"{losses[-1]:.4f}", tok_s=f"{tokens_per_second:,.0f}")
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", tok_s=f"{tokens_per_second:,.0f}", refresh=False)
+            bar.update(len(pending))
         pending.clear()
 
-    def fit(self, log_every=10):
+    def fit(self, log_every=None):
         """Train to `total_steps`, evaluating and checkpointing on the way.
 
         Args:
@@ -239,11 +241,15 @@ class Trainer:
                 step, so syncing every step would leave the device idle while
                 the host prepares the next batch. Every step's loss is still
                 logged, and a sync always comes before an evaluation or a save.
+                None: every step on CPU (a step takes seconds there, so the
+                sync costs nothing and the progress bar moves), else 10.
 
         Returns a summary dict: step, initial/final validation loss, train
         loss of the last step, tokens seen, seconds.
         """
         config = self.config
+        if log_every is None:
+            log_every = 1 if jax.default_backend() == "cpu" else 10
         if self.step == 0:
             self.metrics.truncate_after(-1)  # a fresh start: forget any earlier attempt
         initial = self.evaluate() if self.step == 0 else {}
@@ -267,7 +273,6 @@ class Trainer:
                 pending.append((self.step, loss, tokens))
                 if do_eval or do_save or self.step % log_every == 0:
                     self._record_losses(pending, bar)
-                bar.update(1)
                 if do_eval:
                     record = {"step": self.step, **self.evaluate()}
                     if len(record) > 1:
