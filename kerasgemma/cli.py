@@ -12,7 +12,8 @@ Examples:
 import argparse
 import importlib
 
-# Modules that each provide `add_parser(subparsers)` and `run(args) -> int`.
+# Modules that each provide `add_parser(subparsers)` and `run(args) -> int`
+# (`run_<name>(args)` per subcommand when they add several).
 COMMAND_MODULES = (
     "kerasgemma.demo",
     "kerasgemma.data.command",
@@ -34,8 +35,12 @@ def make_parser():
         module = importlib.import_module(module_name)
         before = set(subparsers.choices)
         module.add_parser(subparsers)
-        for name in set(subparsers.choices) - before:
-            subparsers.choices[name].set_defaults(run=getattr(module, f"run_{name.replace('-', '_')}", module.run))
+        added = set(subparsers.choices) - before
+        for name in added:
+            # A module with one subcommand runs it with `run`; one with several
+            # (train and resume) has `run_<name>` for each.
+            handler = module.run if len(added) == 1 else getattr(module, f"run_{name.replace('-', '_')}")
+            subparsers.choices[name].set_defaults(run=handler)
     return parser
 
 

@@ -227,7 +227,9 @@ def test_progress_bar_shows_loss_tokens_per_second_and_eta(tmp_path, capsys):
     trainer, _ = run_module.prepare_run(config, run_dir, progress=True)
     trainer.fit(log_every=1)
     drawn = [line for line in capsys.readouterr().err.split("\r") if "train:" in line]
-    middle, last = drawn[-2], drawn[-1]  # e.g. "2/3 [00:03<00:03, 3.17s/step, loss=6.3762, tok_s=40,085]"
-    assert "2/3" in middle and "loss=" in middle and "tok_s=" in middle
-    assert re.search(r"\[\d\d:\d\d<\d\d:\d\d", middle)  # elapsed<remaining: the ETA
-    assert "3/3" in last
+    # e.g. "2/3 [00:03<00:03, 3.17s/step, loss=6.3762, tok_s=40,085]"; tqdm may skip
+    # redrawing steps that finish within its refresh interval, so look for any.
+    middle = [line for line in drawn if re.search(r"\b[12]/3\b", line) and "loss=" in line and "tok_s=" in line]
+    assert middle, drawn
+    assert re.search(r"\[\d\d:\d\d<\d\d:\d\d", middle[-1])  # elapsed<remaining: the ETA
+    assert "3/3" in drawn[-1]
