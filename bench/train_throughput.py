@@ -8,7 +8,7 @@ is the figure that matters. Arms run one per subprocess so each peak-memory
 figure is its own.
 
     python bench/train_throughput.py --smoke                 # tiny shapes, CPU, seconds
-    python bench/train_throughput.py --models gemma_2b gemma2_2b gemma3_1b --out bench/results.json
+    python bench/train_throughput.py --out bench/results.json   # every arm on Gemma 2B, kerasgemma on Gemma 2 / 3
 
 Columns: useful tokens/s, step time, peak device memory, compile (first-step)
 time, loss after the timed steps, and each arm's speed relative to kerasgemma.
@@ -110,9 +110,9 @@ def _keras_model(shape, dtype):
     return lm_cls(backbone=backbone, preprocessor=None)
 
 
-def arm_kerasgemma(shape, sequences, steps, warmup, dtype="bfloat16", fused_loss=True):
-    """kerasgemma defaults: packed rows, bf16 base weights, float32 LoRA, jitted donated step,
-    sliced vocabulary projection with a fused loss gradient (`fused_loss=False`: the lever off)."""
+def kerasgemma_setup(shape, sequences, steps, warmup, dtype="bfloat16", fused_loss=True, batch_size=BATCH_SIZE,
+                     attention="auto"):
+    """The model, the kerasgemma step, its state and `warmup + steps` packed batches, ready to time."""
     import jax
 
     from kerasgemma.config import TrainConfig
@@ -122,14 +122,23 @@ def arm_kerasgemma(shape, sequences, steps, warmup, dtype="bfloat16", fused_loss
 
     lm = _keras_model(shape, dtype)
     enable_lora(lm, LORA_RANK, targets="query,value")
-    batches = Batches([TokenizedExample(ids, mask) for ids, mask in sequences], BATCH_SIZE, SEQUENCE_LENGTH)
+    batches = Batches([TokenizedExample(ids, mask) for ids, mask in sequences], batch_size, SEQUENCE_LENGTH)
     config = TrainConfig(learning_rate=5e-5, weight_decay=0.01, max_grad_norm=None, schedule="constant")
     optimizer = make_optimizer(config, steps + warmup, lm.trainable_variables)
-    step = make_train_step(lm, optimizer, fused_loss=fused_loss)
+    step = make_train_step(lm, optimizer, fused_loss=fused_loss, attention=attention)
     state = ([jax.numpy.array(v.value) for v in lm.trainable_variables], [v.value for v in optimizer.variables])
     frozen = [v.value for v in lm.non_trainable_variables]
     iterator = batches.epoch(0)
     plan = [stack_micro_batches([next(iterator)]) for _ in range(warmup + steps)]
+    return lm, step, state, frozen, plan
+
+
+def arm_kerasgemma(shape, sequences, steps, warmup, dtype="bfloat16", fused_loss=True, batch_size=BATCH_SIZE,
+                   attention="auto"):
+    """kerasgemma defaults: packed rows, bf16 base weights, float32 LoRA, jitted donated step,
+    sliced vocabulary projection with a fused loss gradient (`fused_loss=False`: the lever off)."""
+    _, step, state, frozen, plan = kerasgemma_setup(shape, sequences, steps, warmup, dtype, fused_loss, batch_size,
+                                                    attention)
     started = time.perf_counter()
     for batch in plan[:warmup]:
         state, loss, _ = step(state, frozen, batch)
@@ -141,7 +150,7 @@ def arm_kerasgemma(shape, sequences, steps, warmup, dtype="bfloat16", fused_loss
     loss = float(loss)
     seconds = time.perf_counter() - started
     useful = sum(int(np.count_nonzero(b["segment_ids"])) for b in plan[warmup:])
-    return dict(useful_tokens=useful, computed_tokens=steps * BATCH_SIZE * SEQUENCE_LENGTH, seconds=seconds,
+    return dict(useful_tokens=useful, computed_tokens=steps * batch_size * SEQUENCE_LENGTH, seconds=seconds,
                 steps=steps, compile_seconds=compile_seconds, loss=loss, peak_bytes=_jax_peak_bytes())
 
 
@@ -218,7 +227,8 @@ def _hf_model(shape):
 
 
 def arm_hf_peft(shape, sequences, steps, warmup, compile_model):
-    """transformers + PEFT, bf16, sdpa, batches padded to their longest example (TRL without packing)."""
+    """transformers + PEFT, bf16, sdpa, batches padded to their longest example (TRL without packing);
+    `compile_model`: every decoder layer through `torch.compile(dynamic=True)`."""
     import peft
     import torch
 
@@ -228,7 +238,13 @@ def arm_hf_peft(shape, sequences, steps, warmup, compile_model):
     model = peft.get_peft_model(model, peft.LoraConfig(r=LORA_RANK, lora_alpha=LORA_RANK,
                                                        target_modules=["q_proj", "v_proj"]))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-5, weight_decay=0.01)
-    forward = torch.compile(model, dynamic=True) if compile_model else model
+    if compile_model:
+        # Regional compilation (PyTorch's advice for transformers): each decoder
+        # layer is compiled, and all layers share one graph, so compile time is
+        # that of one layer instead of the whole model.
+        for layer in model.get_base_model().model.layers:
+            layer.compile(dynamic=True)
+    forward = model
 
     def batch(index):
         chunk = sequences[index * BATCH_SIZE : (index + 1) * BATCH_SIZE]
@@ -320,7 +336,10 @@ def format_table(rows, card):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["gemma_2b"], choices=sorted(SHAPES))
+    parser.add_argument("--models", nargs="+", default=["gemma_2b"], choices=sorted(SHAPES),
+                        help="Shapes that run every arm (default gemma_2b).")
+    parser.add_argument("--extra-models", nargs="*", default=["gemma2_2b", "gemma3_1b"], choices=sorted(SHAPES),
+                        help="Shapes that run the kerasgemma arm only (default gemma2_2b gemma3_1b).")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     parser.add_argument("--steps", type=int, default=20, help="Timed steps per arm (default 20).")
     parser.add_argument("--warmup", type=int, default=2, help="Untimed first steps, compilation included.")
@@ -335,33 +354,34 @@ def main(argv=None):
         return 0
     if args.smoke:
         os.environ.setdefault("KERAS_BACKEND", "jax")
-        args.models, args.steps, args.warmup = ["tiny"], 2, 1
+        args.models, args.extra_models, args.steps, args.warmup = ["tiny"], [], 2, 1
         args.arms = ["kerasgemma", "kerasgemma_reference_loss", "kerashub_fit_bf16", "hf_peft_eager"]
     rows = []
     env = dict(os.environ, KERAS_BACKEND="jax", XLA_PYTHON_CLIENT_PREALLOCATE="false", TF_CPP_MIN_LOG_LEVEL="3")
-    for model in args.models:
-        for arm in args.arms:
-            row = {"model": model, "arm": arm}
-            if args.smoke:
-                # In-process: on CPU peak memory is not measured, and one
-                # import of JAX and torch keeps the smoke run to seconds.
-                row.update(run_arm(arm, model, args.steps, args.warmup, args.seed), device=device_name())
+    plan = [(model, arm) for model in args.models for arm in args.arms]
+    plan += [(model, "kerasgemma") for model in args.extra_models if model not in args.models]
+    for model, arm in plan:
+        row = {"model": model, "arm": arm}
+        if args.smoke:
+            # In-process: on CPU peak memory is not measured, and one
+            # import of JAX and torch keeps the smoke run to seconds.
+            row.update(run_arm(arm, model, args.steps, args.warmup, args.seed), device=device_name())
+        else:
+            command = [sys.executable, __file__, "--one", arm, model, "--steps", str(args.steps),
+                       "--warmup", str(args.warmup), "--seed", str(args.seed)]
+            done = subprocess.run(command, capture_output=True, text=True, env=env)
+            if done.returncode == 0:
+                row.update(json.loads(done.stdout.strip().splitlines()[-1]))
             else:
-                command = [sys.executable, __file__, "--one", arm, model, "--steps", str(args.steps),
-                           "--warmup", str(args.warmup), "--seed", str(args.seed)]
-                done = subprocess.run(command, capture_output=True, text=True, env=env)
-                if done.returncode == 0:
-                    row.update(json.loads(done.stdout.strip().splitlines()[-1]))
-                else:
-                    row["error"] = (done.stderr.strip().splitlines() or ["?"])[-1]
-                    print(done.stderr[-3000:], file=sys.stderr)
-            if "error" not in row:
-                row["useful_tokens_per_second"] = row["useful_tokens"] / row["seconds"]
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-            if args.out:  # after every arm, so a run cut short keeps what it measured
-                with open(args.out, "w") as file:
-                    json.dump({"card": card_of(rows), "date": time.strftime("%Y-%m-%d"), "rows": rows}, file, indent=2)
+                row["error"] = (done.stderr.strip().splitlines() or ["?"])[-1]
+                print(done.stderr[-3000:], file=sys.stderr)
+        if "error" not in row:
+            row["useful_tokens_per_second"] = row["useful_tokens"] / row["seconds"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if args.out:  # after every arm, so a run cut short keeps what it measured
+            with open(args.out, "w") as file:
+                json.dump({"card": card_of(rows), "date": time.strftime("%Y-%m-%d"), "rows": rows}, file, indent=2)
     print(format_table(rows, card_of(rows)))
     return 0 if all("error" not in row for row in rows) else 1
 

@@ -1,16 +1,10 @@
 """Segment-aware forward pass and per-token loss for keras-hub Gemma models.
 
-keras-hub's Gemma decoder blocks build their attention mask from a 1-D
-`padding_mask` only (shared DESIGN.md), so a packed row — several examples
-side by side — would let each example attend to the ones before it. We keep
-keras-hub's layers and weights as they are and swap in one mask per call:
-position i may attend to position j iff j <= i and both belong to the same
-example (`segment_ids[i] == segment_ids[j] != 0`). Sliding-window limits are
-still applied inside keras-hub's attention layers. RoPE is relative, so with
-cross-example attention masked out positions need not restart per example.
+The forward pass is keras-hub's own, run statelessly, with attention kept
+inside each packed example (`kerasgemma.attention.packed_attention`). The
+loss projects onto the vocabulary in slices (`fused_cross_entropy`).
 """
 
-import contextlib
 import functools
 
 from kerasgemma.backend import ensure_jax_backend
@@ -21,56 +15,15 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import keras  # noqa: E402
 
+from kerasgemma.attention import packed_attention  # noqa: E402
+
 # Tokens per slice of the vocabulary projection in `fused_cross_entropy`:
 # 2048 tokens x 256k vocabulary x 4 bytes = 2 GiB of float32 logits at a time
 # instead of 8 GiB for a batch of 8 x 1024 tokens.
 LOSS_CHUNK_TOKENS = 2048
 
 
-def segment_causal_mask(segment_ids):
-    """Attention mask `(batch, seq, seq)` for packed rows.
-
-    Padding positions (segment 0) attend only to themselves so that no row of
-    the softmax is empty; their outputs carry no loss.
-
-    Example:
-    >>> import numpy as np
-    >>> mask = segment_causal_mask(np.array([[1, 1, 2, 0]]))
-    >>> np.asarray(mask[0]).astype(int).tolist()
-    [[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
-    """
-    segment_ids = jnp.asarray(segment_ids)
-    length = segment_ids.shape[-1]
-    causal = jnp.tril(jnp.ones((length, length), dtype=bool))
-    same = segment_ids[:, :, None] == segment_ids[:, None, :]
-    real = (segment_ids != 0)[:, :, None]
-    eye = jnp.eye(length, dtype=bool)
-    return (same & real & causal) | eye
-
-
-@contextlib.contextmanager
-def packed_attention(backbone, segment_ids):
-    """Make every decoder block of `backbone` use the packed mask.
-
-    Works while the model is traced or run inside the `with` block; the
-    blocks are restored afterwards.
-    """
-    mask = segment_causal_mask(segment_ids)
-    blocks = backbone.transformer_layers
-
-    def compute_attention_mask(*args, **kwargs):
-        return mask
-
-    for block in blocks:
-        object.__setattr__(block, "_compute_attention_mask", compute_attention_mask)
-    try:
-        yield
-    finally:
-        for block in blocks:
-            object.__delattr__(block, "_compute_attention_mask")
-
-
-def logits_fn(causal_lm, trainable_values, non_trainable_values, batch):
+def logits_fn(causal_lm, trainable_values, non_trainable_values, batch, attention="auto"):
     """Logits `(batch, seq, vocab)` of a stateless, segment-aware forward.
 
     Args:
@@ -78,19 +31,20 @@ def logits_fn(causal_lm, trainable_values, non_trainable_values, batch):
         trainable_values: list of arrays for `causal_lm.trainable_variables`.
         non_trainable_values: list of arrays for the non-trainable variables.
         batch: dict with `token_ids` and `segment_ids`, both `(batch, seq)`.
+        attention: "auto" or a key of `kerasgemma.attention.IMPLEMENTATIONS`.
     """
     inputs = {
         "token_ids": batch["token_ids"],
         "padding_mask": batch["segment_ids"] != 0,
     }
-    with packed_attention(causal_lm.backbone, batch["segment_ids"]):
+    with packed_attention(causal_lm.backbone, batch["segment_ids"], attention):
         logits, _ = causal_lm.stateless_call(
             trainable_values, non_trainable_values, inputs, training=False
         )
     return logits
 
 
-def hidden_states_fn(causal_lm, trainable_values, non_trainable_values, batch):
+def hidden_states_fn(causal_lm, trainable_values, non_trainable_values, batch, attention="auto"):
     """Final hidden states `(batch, seq, hidden)` and the (tied) embedding matrix.
 
     The same segment-aware forward as `logits_fn`, stopped before the
@@ -104,7 +58,7 @@ def hidden_states_fn(causal_lm, trainable_values, non_trainable_values, batch):
         "padding_mask": batch["segment_ids"] != 0,
     }
     with keras.StatelessScope(state_mapping=list(zip(variables, values))):
-        with packed_attention(backbone, batch["segment_ids"]):
+        with packed_attention(backbone, batch["segment_ids"], attention):
             hidden = backbone(inputs, training=False)
         embedding = backbone.token_embedding
         if embedding.tie_weights:
@@ -123,8 +77,11 @@ def _chunk_losses_and_grads(hidden, matrix, targets, soft_cap):
         logits = capped * soft_cap
     log_z = jax.nn.logsumexp(logits, axis=-1)
     losses = log_z - jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
-    grad_logits = jnp.exp(logits - log_z[:, None])
-    grad_logits = grad_logits.at[jnp.arange(targets.shape[0]), targets].add(-1.0)
+    # softmax - one_hot(target), written as a select rather than a scatter so
+    # that XLA fuses it with the exp and the cast into one pass over the slice.
+    probabilities = jnp.exp(logits - log_z[:, None])
+    is_target = jnp.arange(logits.shape[-1])[None, :] == targets[:, None]
+    grad_logits = jnp.where(is_target, probabilities - 1.0, probabilities)
     if soft_cap is not None:
         grad_logits = grad_logits * (1.0 - capped * capped)
     grad_hidden = jnp.dot(grad_logits.astype(matrix.dtype), matrix, preferred_element_type=jnp.float32)
@@ -187,9 +144,9 @@ def _fused_vjp_backward(soft_cap, chunk_tokens, residuals, upstream):
 fused_cross_entropy.defvjp(_fused_vjp_forward, _fused_vjp_backward)
 
 
-def per_token_loss(causal_lm, trainable_values, non_trainable_values, batch):
+def per_token_loss(causal_lm, trainable_values, non_trainable_values, batch, attention="auto"):
     """Per-token cross-entropy `(batch, seq)` through the fused, sliced loss."""
-    hidden, matrix, soft_cap = hidden_states_fn(causal_lm, trainable_values, non_trainable_values, batch)
+    hidden, matrix, soft_cap = hidden_states_fn(causal_lm, trainable_values, non_trainable_values, batch, attention)
     return fused_cross_entropy(hidden, jax.lax.stop_gradient(matrix), batch["target_ids"], soft_cap)
 
 

@@ -1,0 +1,195 @@
+"""One lever at a time: variants of the kerasgemma step, timed on the same batches, plus a kernel profile.
+
+Each variant runs in its own process (its own XLA flags and peak memory) on
+the Gemma 2B shape of `train_throughput.py`. `--profile` also traces a few
+steps of the default variant with `jax.profiler` and prints where the device
+time goes, by kernel and by kind (matmul, attention, other fusions).
+
+    python bench/levers.py --variants default batch16 no_triton_gemm --profile --out bench/levers.json
+    python bench/levers.py --smoke          # tiny shapes on CPU, seconds
+
+Notes on each lever (prediction, result) live in bench/NOTES.md.
+"""
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))
+
+import train_throughput as tt  # noqa: E402
+
+# name -> (extra XLA flags, keyword arguments of the step set-up, description)
+VARIANTS = {
+    "default": ("", {}, "kerasgemma defaults (packed, bf16, fused sliced loss, keras-hub cuDNN attention with a dense segment mask)"),
+    "attn_causal": ("", {"attention": "causal"}, "cuDNN causal mask type plus the dense segment mask"),
+    "batch16": ("", {"batch_size": 16}, "16 packed rows per step instead of 8"),
+    "no_triton_gemm": ("--xla_gpu_enable_triton_gemm=false", {}, "XLA: cuBLAS for every matmul, no Triton GEMM fusions"),
+    "reference_loss": ("", {"fused_loss": False}, "full float32 logits instead of the fused sliced loss"),
+}
+
+
+def kernel_kind(name):
+    lowered = name.lower()
+    if any(key in lowered for key in ("cudnn", "fmha", "flash", "attn")):
+        return "attention"
+    if any(key in lowered for key in ("gemm", "nvjet", "cutlass", "xmma", "cublas", "dot")):
+        return "matmul"
+    if "memcpy" in lowered or "memset" in lowered:
+        return "copy"
+    return "other fusion"
+
+
+def summarize_trace(trace_dir, steps, top=30):
+    """Device time per kernel and per kind from a perfetto trace written by `jax.profiler`."""
+    paths = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)
+    paths += glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True)
+    if not paths:
+        return "no trace file found under " + trace_dir
+    with gzip.open(paths[0]) as file:
+        events = json.load(file)
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    process_names = {e["pid"]: e["args"].get("name", "") for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
+    device_pids = {pid for pid, name in process_names.items() if "GPU" in name or "gpu" in name or "TPU" in name}
+    by_name = collections.Counter()
+    for event in events:
+        if event.get("ph") == "X" and event.get("pid") in device_pids and "dur" in event:
+            by_name[event["name"]] += event["dur"]
+    total = sum(by_name.values())
+    if not total:
+        return "no device events in the trace (processes: %s)" % sorted(set(process_names.values()))
+    by_kind = collections.Counter()
+    for name, micros in by_name.items():
+        by_kind[kernel_kind(name)] += micros
+    lines = [f"device time per step: {total / steps / 1000:.1f} ms (sum over kernels, {len(by_name)} distinct)"]
+    lines += [f"  {kind:<14} {micros / steps / 1000:8.1f} ms  {100 * micros / total:5.1f}%" for kind, micros in by_kind.most_common()]
+    lines.append(f"top {top} kernels (ms per step, share):")
+    lines += [f"  {micros / steps / 1000:8.2f}  {100 * micros / total:5.1f}%  {name[:110]}" for name, micros in by_name.most_common(top)]
+    return "\n".join(lines)
+
+
+def equality_check(lm, frozen, trainable, batch, attention):
+    """Loss and LoRA gradients of one batch with `attention` vs the dense-mask path, on this device."""
+    import jax
+    import jax.numpy as jnp
+
+    from kerasgemma.train.step import summed_loss
+
+    batch = {key: jnp.asarray(value[0]) for key, value in batch.items()}
+
+    def loss(values, implementation):
+        total, count = summed_loss(lm, values, frozen, batch, attention=implementation)
+        return total / count
+
+    results = {}
+    for implementation in ("dense", attention):
+        value, grads = jax.jit(jax.value_and_grad(lambda v: loss(v, implementation)))(trainable)
+        results[implementation] = (float(value), jax.tree.map(lambda g: np.asarray(g, np.float32), grads))
+    (loss_a, grads_a), (loss_b, grads_b) = results["dense"], results[attention]
+    scale = max(float(np.max(np.abs(g))) for g in grads_a)
+    worst = max(float(np.max(np.abs(a - b))) for a, b in zip(grads_a, grads_b))
+    return {"loss_dense": loss_a, "loss_variant": loss_b, "loss_abs_diff": abs(loss_a - loss_b),
+            "grad_max_abs_diff_over_max_grad": worst / scale if scale else float("nan")}
+
+
+def run_variant(name, shape, steps, warmup, profile_dir=None):
+    _, options, _ = VARIANTS[name]
+    import jax
+
+    sequences = tt.make_sequences(4000, tt.SHAPES[shape]["keras"]["vocabulary_size"], 0)
+    row = tt.arm_kerasgemma(shape, sequences, steps, warmup, **options)
+    row["useful_tokens_per_second"] = row["useful_tokens"] / row["seconds"]
+    row["device"] = jax.devices()[0].device_kind
+    attention = options.get("attention", "auto")
+    checked = attention not in ("auto", "dense")
+    if profile_dir or checked:
+        lm, step, state, frozen, plan = tt.kerasgemma_setup(shape, sequences, 3, 2, **options)
+        if checked:
+            row["check"] = equality_check(lm, frozen, state[0], plan[0], attention)
+    if profile_dir:
+        for batch in plan[:2]:
+            state, loss, _ = step(state, frozen, batch)
+        float(loss)
+        with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
+            for batch in plan[2:]:
+                state, loss, _ = step(state, frozen, batch)
+            float(loss)
+        row["profile"] = summarize_trace(profile_dir, 3)
+    return row
+
+
+def check_text(row):
+    check = row.get("check")
+    if not check:
+        return ""
+    return f"{check['loss_abs_diff']:.1e}, {check['grad_max_abs_diff_over_max_grad']:.1e}"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=sorted(VARIANTS))
+    parser.add_argument("--model", default="gemma_2b", choices=sorted(tt.SHAPES))
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--profile", action="store_true", help="Trace the default variant and print a kernel summary.")
+    parser.add_argument("--out", help="Write the rows as JSON here.")
+    parser.add_argument("--smoke", action="store_true", help="Tiny shapes on CPU: every variant, 2 steps.")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--profile-dir", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.model, args.steps, args.warmup = "tiny", 2, 1
+    if args.one:
+        print(json.dumps(run_variant(args.one, args.model, args.steps, args.warmup, args.profile_dir)))
+        return 0
+    rows = []
+    for name in args.variants:
+        flags, _, description = VARIANTS[name]
+        env = dict(os.environ, KERAS_BACKEND="jax", XLA_PYTHON_CLIENT_PREALLOCATE="false", TF_CPP_MIN_LOG_LEVEL="3")
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + flags).strip()
+        command = [sys.executable, __file__, "--one", name, "--model", args.model, "--steps", str(args.steps),
+                   "--warmup", str(args.warmup)]
+        if args.profile and name == "default":
+            command += ["--profile-dir", os.path.abspath(os.path.join(os.path.dirname(args.out or "."), "profile"))]
+        started = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
+        row = {"variant": name, "description": description, "xla_flags": flags}
+        if done.returncode == 0:
+            row.update(json.loads(done.stdout.strip().splitlines()[-1]))
+        else:
+            row["error"] = (done.stderr.strip().splitlines() or ["?"])[-1]
+            print(done.stderr[-3000:], file=sys.stderr)
+        row["wall_seconds"] = time.perf_counter() - started
+        rows.append(row)
+        print(row.pop("profile", ""), flush=True)
+        print(json.dumps(row), flush=True)
+        if args.out:
+            with open(args.out, "w") as file:
+                json.dump({"date": time.strftime("%Y-%m-%d"), "model": args.model, "rows": rows}, file, indent=2)
+    base = next((r for r in rows if r["variant"] == "default" and "error" not in r), None)
+    print(f"card: {tt.card_of(rows)}, model: {args.model}")
+    print("| variant | useful tok/s | step ms | peak GiB | compile s | loss | vs default | Δloss, Δgrad vs dense |\n"
+          "|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        if "error" in row:
+            print(f"| {row['variant']} | failed: {row['error'][:80]} | | | | | | |")
+            continue
+        ratio = row["useful_tokens_per_second"] / base["useful_tokens_per_second"] if base else float("nan")
+        peak = f"{row['peak_bytes'] / 2**30:.1f}" if row.get("peak_bytes") else "n/a"
+        print(f"| {row['variant']} | {row['useful_tokens_per_second']:,.0f} | {1000 * row['seconds'] / row['steps']:.0f} | "
+              f"{peak} | {row['compile_seconds']:.1f} | {row['loss']:.4f} | {ratio:.2f}x | {check_text(row)} |")
+    return 0 if all("error" not in row for row in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
