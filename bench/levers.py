@@ -5,7 +5,7 @@ the Gemma 2B shape of `train_throughput.py`. `--profile` also traces a few
 steps of the default variant with `jax.profiler` and prints where the device
 time goes, by kernel and by kind (matmul, attention, other fusions).
 
-    python bench/levers.py --variants default batch16 no_triton_gemm --profile --out bench/levers.json
+    python bench/levers.py --variants default batch16 no_triton_gemm --profile --out bench/results/levers.json
     python bench/levers.py --smoke          # tiny shapes on CPU, seconds
 
 Notes on each lever (prediction, result) live in bench/NOTES.md.
@@ -13,6 +13,7 @@ Notes on each lever (prediction, result) live in bench/NOTES.md.
 
 import argparse
 import collections
+import contextlib
 import glob
 import gzip
 import json
@@ -20,8 +21,6 @@ import os
 import subprocess
 import sys
 import time
-
-import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -31,8 +30,8 @@ import train_throughput as tt  # noqa: E402
 
 # name -> (extra XLA flags, keyword arguments of the step set-up, description)
 VARIANTS = {
-    "default": ("", {}, "kerasgemma defaults (packed, bf16, fused sliced loss, keras-hub cuDNN attention with a dense segment mask)"),
-    "attn_causal": ("", {"attention": "causal"}, "cuDNN causal mask type plus the dense segment mask"),
+    "default": ("", {}, "kerasgemma defaults (packed, bf16, fused sliced loss, cuDNN attention with a dense mask)"),
+    "causal_only": ("", {"causal_only": True}, "measurement only: keras-hub's causal mask, no segment mask"),
     "batch16": ("", {"batch_size": 16}, "16 packed rows per step instead of 8"),
     "no_triton_gemm": ("--xla_gpu_enable_triton_gemm=false", {}, "XLA: cuBLAS for every matmul, no Triton GEMM fusions"),
     "reference_loss": ("", {"fused_loss": False}, "full float32 logits instead of the fused sliced loss"),
@@ -78,45 +77,21 @@ def summarize_trace(trace_dir, steps, top=30):
     return "\n".join(lines)
 
 
-def equality_check(lm, frozen, trainable, batch, attention):
-    """Loss and LoRA gradients of one batch with `attention` vs the dense-mask path, on this device."""
-    import jax
-    import jax.numpy as jnp
-
-    from kerasgemma.train.step import summed_loss
-
-    batch = {key: jnp.asarray(value[0]) for key, value in batch.items()}
-
-    def loss(values, implementation):
-        total, count = summed_loss(lm, values, frozen, batch, attention=implementation)
-        return total / count
-
-    results = {}
-    for implementation in ("dense", attention):
-        value, grads = jax.jit(jax.value_and_grad(lambda v: loss(v, implementation)))(trainable)
-        results[implementation] = (float(value), jax.tree.map(lambda g: np.asarray(g, np.float32), grads))
-    (loss_a, grads_a), (loss_b, grads_b) = results["dense"], results[attention]
-    scale = max(float(np.max(np.abs(g))) for g in grads_a)
-    worst = max(float(np.max(np.abs(a - b))) for a, b in zip(grads_a, grads_b))
-    return {"loss_dense": loss_a, "loss_variant": loss_b, "loss_abs_diff": abs(loss_a - loss_b),
-            "grad_max_abs_diff_over_max_grad": worst / scale if scale else float("nan")}
-
-
 def run_variant(name, shape, steps, warmup, profile_dir=None):
     _, options, _ = VARIANTS[name]
+    options = dict(options)
     import jax
 
+    import kerasgemma.forward
+
+    if options.pop("causal_only", False):
+        kerasgemma.forward.packed_attention = lambda backbone, segment_ids: contextlib.nullcontext()
     sequences = tt.make_sequences(4000, tt.SHAPES[shape]["keras"]["vocabulary_size"], 0)
     row = tt.arm_kerasgemma(shape, sequences, steps, warmup, **options)
     row["useful_tokens_per_second"] = row["useful_tokens"] / row["seconds"]
     row["device"] = jax.devices()[0].device_kind
-    attention = options.get("attention", "auto")
-    checked = attention not in ("auto", "dense")
-    if profile_dir or checked:
-        lm, step, state, frozen, plan = tt.kerasgemma_setup(shape, sequences, 3, 2, **options)
-        if checked:
-            row["check"] = equality_check(lm, frozen, state[0], plan[0], attention)
     if profile_dir:
+        _, step, state, frozen, plan = tt.kerasgemma_setup(shape, sequences, 3, 2, **options)
         for batch in plan[:2]:
             state, loss, _ = step(state, frozen, batch)
         float(loss)
@@ -126,13 +101,6 @@ def run_variant(name, shape, steps, warmup, profile_dir=None):
             float(loss)
         row["profile"] = summarize_trace(profile_dir, 3)
     return row
-
-
-def check_text(row):
-    check = row.get("check")
-    if not check:
-        return ""
-    return f"{check['loss_abs_diff']:.1e}, {check['grad_max_abs_diff_over_max_grad']:.1e}"
 
 
 def main(argv=None):
@@ -178,16 +146,15 @@ def main(argv=None):
                 json.dump({"date": time.strftime("%Y-%m-%d"), "model": args.model, "rows": rows}, file, indent=2)
     base = next((r for r in rows if r["variant"] == "default" and "error" not in r), None)
     print(f"card: {tt.card_of(rows)}, model: {args.model}")
-    print("| variant | useful tok/s | step ms | peak GiB | compile s | loss | vs default | Δloss, Δgrad vs dense |\n"
-          "|---|---|---|---|---|---|---|---|")
+    print("| variant | useful tok/s | step ms | peak GiB | compile s | loss | vs default |\n|---|---|---|---|---|---|---|")
     for row in rows:
         if "error" in row:
-            print(f"| {row['variant']} | failed: {row['error'][:80]} | | | | | | |")
+            print(f"| {row['variant']} | failed: {row['error'][:80]} | | | | | |")
             continue
         ratio = row["useful_tokens_per_second"] / base["useful_tokens_per_second"] if base else float("nan")
         peak = f"{row['peak_bytes'] / 2**30:.1f}" if row.get("peak_bytes") else "n/a"
         print(f"| {row['variant']} | {row['useful_tokens_per_second']:,.0f} | {1000 * row['seconds'] / row['steps']:.0f} | "
-              f"{peak} | {row['compile_seconds']:.1f} | {row['loss']:.4f} | {ratio:.2f}x | {check_text(row)} |")
+              f"{peak} | {row['compile_seconds']:.1f} | {row['loss']:.4f} | {ratio:.2f}x |")
     return 0 if all("error" not in row for row in rows) else 1
 
 

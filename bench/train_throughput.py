@@ -110,8 +110,7 @@ def _keras_model(shape, dtype):
     return lm_cls(backbone=backbone, preprocessor=None)
 
 
-def kerasgemma_setup(shape, sequences, steps, warmup, dtype="bfloat16", fused_loss=True, batch_size=BATCH_SIZE,
-                     attention="auto"):
+def kerasgemma_setup(shape, sequences, steps, warmup, dtype="bfloat16", fused_loss=True, batch_size=BATCH_SIZE):
     """The model, the kerasgemma step, its state and `warmup + steps` packed batches, ready to time."""
     import jax
 
@@ -125,7 +124,7 @@ def kerasgemma_setup(shape, sequences, steps, warmup, dtype="bfloat16", fused_lo
     batches = Batches([TokenizedExample(ids, mask) for ids, mask in sequences], batch_size, SEQUENCE_LENGTH)
     config = TrainConfig(learning_rate=5e-5, weight_decay=0.01, max_grad_norm=None, schedule="constant")
     optimizer = make_optimizer(config, steps + warmup, lm.trainable_variables)
-    step = make_train_step(lm, optimizer, fused_loss=fused_loss, attention=attention)
+    step = make_train_step(lm, optimizer, fused_loss=fused_loss)
     state = ([jax.numpy.array(v.value) for v in lm.trainable_variables], [v.value for v in optimizer.variables])
     frozen = [v.value for v in lm.non_trainable_variables]
     iterator = batches.epoch(0)
@@ -133,12 +132,10 @@ def kerasgemma_setup(shape, sequences, steps, warmup, dtype="bfloat16", fused_lo
     return lm, step, state, frozen, plan
 
 
-def arm_kerasgemma(shape, sequences, steps, warmup, dtype="bfloat16", fused_loss=True, batch_size=BATCH_SIZE,
-                   attention="auto"):
+def arm_kerasgemma(shape, sequences, steps, warmup, dtype="bfloat16", fused_loss=True, batch_size=BATCH_SIZE):
     """kerasgemma defaults: packed rows, bf16 base weights, float32 LoRA, jitted donated step,
     sliced vocabulary projection with a fused loss gradient (`fused_loss=False`: the lever off)."""
-    _, step, state, frozen, plan = kerasgemma_setup(shape, sequences, steps, warmup, dtype, fused_loss, batch_size,
-                                                    attention)
+    _, step, state, frozen, plan = kerasgemma_setup(shape, sequences, steps, warmup, dtype, fused_loss, batch_size)
     started = time.perf_counter()
     for batch in plan[:warmup]:
         state, loss, _ = step(state, frozen, batch)

@@ -23,7 +23,7 @@ from kerasgemma.attention import packed_attention  # noqa: E402
 LOSS_CHUNK_TOKENS = 2048
 
 
-def logits_fn(causal_lm, trainable_values, non_trainable_values, batch, attention="auto"):
+def logits_fn(causal_lm, trainable_values, non_trainable_values, batch):
     """Logits `(batch, seq, vocab)` of a stateless, segment-aware forward.
 
     Args:
@@ -31,20 +31,19 @@ def logits_fn(causal_lm, trainable_values, non_trainable_values, batch, attentio
         trainable_values: list of arrays for `causal_lm.trainable_variables`.
         non_trainable_values: list of arrays for the non-trainable variables.
         batch: dict with `token_ids` and `segment_ids`, both `(batch, seq)`.
-        attention: "auto" or a key of `kerasgemma.attention.IMPLEMENTATIONS`.
     """
     inputs = {
         "token_ids": batch["token_ids"],
         "padding_mask": batch["segment_ids"] != 0,
     }
-    with packed_attention(causal_lm.backbone, batch["segment_ids"], attention):
+    with packed_attention(causal_lm.backbone, batch["segment_ids"]):
         logits, _ = causal_lm.stateless_call(
             trainable_values, non_trainable_values, inputs, training=False
         )
     return logits
 
 
-def hidden_states_fn(causal_lm, trainable_values, non_trainable_values, batch, attention="auto"):
+def hidden_states_fn(causal_lm, trainable_values, non_trainable_values, batch):
     """Final hidden states `(batch, seq, hidden)` and the (tied) embedding matrix.
 
     The same segment-aware forward as `logits_fn`, stopped before the
@@ -58,7 +57,7 @@ def hidden_states_fn(causal_lm, trainable_values, non_trainable_values, batch, a
         "padding_mask": batch["segment_ids"] != 0,
     }
     with keras.StatelessScope(state_mapping=list(zip(variables, values))):
-        with packed_attention(backbone, batch["segment_ids"], attention):
+        with packed_attention(backbone, batch["segment_ids"]):
             hidden = backbone(inputs, training=False)
         embedding = backbone.token_embedding
         if embedding.tie_weights:
@@ -144,9 +143,9 @@ def _fused_vjp_backward(soft_cap, chunk_tokens, residuals, upstream):
 fused_cross_entropy.defvjp(_fused_vjp_forward, _fused_vjp_backward)
 
 
-def per_token_loss(causal_lm, trainable_values, non_trainable_values, batch, attention="auto"):
+def per_token_loss(causal_lm, trainable_values, non_trainable_values, batch):
     """Per-token cross-entropy `(batch, seq)` through the fused, sliced loss."""
-    hidden, matrix, soft_cap = hidden_states_fn(causal_lm, trainable_values, non_trainable_values, batch, attention)
+    hidden, matrix, soft_cap = hidden_states_fn(causal_lm, trainable_values, non_trainable_values, batch)
     return fused_cross_entropy(hidden, jax.lax.stop_gradient(matrix), batch["target_ids"], soft_cap)
 
 

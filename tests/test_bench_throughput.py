@@ -29,3 +29,50 @@ def test_train_throughput_smoke(tmp_path):
     packed = arms["kerasgemma"]["useful_tokens"] / arms["kerasgemma"]["computed_tokens"]
     padded = arms["kerashub_fit_bf16"]["useful_tokens"] / arms["kerashub_fit_bf16"]["computed_tokens"]
     assert packed > 0.95 > 0.5 > padded
+
+
+def test_levers_smoke_with_kernel_summary(tmp_path):
+    out = tmp_path / "levers.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "levers.py"), "--smoke", "--variants", "default", "causal_only",
+         "--profile", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| default |" in done.stdout and "| causal_only |" in done.stdout
+    rows = {row["variant"]: row for row in json.loads(out.read_text())["rows"]}
+    # Without the segment mask examples see each other: a different loss.
+    assert rows["default"]["loss"] != rows["causal_only"]["loss"]
+    assert (tmp_path / "profile").is_dir()
+
+
+def test_kernel_summary_groups_device_time():
+    sys.path.insert(0, str(ROOT / "bench"))
+    import levers
+
+    assert levers.kernel_kind("cudnn_generated_fort_native_sdpa_sm90_flash_bprop") == "attention"
+    assert levers.kernel_kind("nvjet_sm90_tst_128x160_64x5_2x1_v_bz_NNT") == "matmul"
+    assert levers.kernel_kind("loop_add_multiply_fusion_17") == "other fusion"
+
+
+def test_trace_summary_reads_device_kernels_only(tmp_path):
+    import gzip
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import levers
+
+    events = [
+        {"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/device:GPU:0"}},
+        {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/host:CPU"}},
+        {"ph": "X", "pid": 1, "name": "nvjet_sm90_gemm", "dur": 3000},
+        {"ph": "X", "pid": 1, "name": "cudnn_flash_bprop", "dur": 1000},
+        {"ph": "X", "pid": 2, "name": "python_host_work", "dur": 99000},
+    ]
+    (tmp_path / "run").mkdir()
+    with gzip.open(tmp_path / "run" / "perfetto_trace.json.gz", "wt") as file:
+        json.dump({"traceEvents": events}, file)
+    summary = levers.summarize_trace(str(tmp_path), steps=2)
+    assert "device time per step: 2.0 ms" in summary
+    assert "matmul" in summary and "75.0%" in summary and "python_host_work" not in summary

@@ -20,18 +20,17 @@ from kerasgemma.forward import logits_fn  # noqa: E402
 from kerasgemma.forward import per_token_loss  # noqa: E402
 
 
-def summed_loss(causal_lm, trainable, non_trainable, batch, fused_loss=True, attention="auto"):
+def summed_loss(causal_lm, trainable, non_trainable, batch, fused_loss=True):
     """Sum of per-token losses weighted by `loss_weights`, and the weight sum.
 
     `fused_loss` projects onto the vocabulary in slices with the gradient
     formed in the same pass (`kerasgemma.forward.fused_cross_entropy`);
     False is the reference computation over full float32 logits.
-    `attention`: see `kerasgemma.attention.IMPLEMENTATIONS` ("auto" picks).
     """
     if fused_loss:
-        losses = per_token_loss(causal_lm, trainable, non_trainable, batch, attention)
+        losses = per_token_loss(causal_lm, trainable, non_trainable, batch)
     else:
-        logits = logits_fn(causal_lm, trainable, non_trainable, batch, attention)
+        logits = logits_fn(causal_lm, trainable, non_trainable, batch)
         losses = cross_entropy(logits, batch["target_ids"])
     weights = batch["loss_weights"].astype(jnp.float32)
     return jnp.sum(losses * weights), jnp.sum(weights)
@@ -49,15 +48,14 @@ def stack_micro_batches(batches):
     return {key: np.stack([batch[key] for batch in batches]) for key in batches[0]}
 
 
-def make_train_step(causal_lm, optimizer, fused_loss=True, state_shardings=None, attention="auto"):
+def make_train_step(causal_lm, optimizer, fused_loss=True, state_shardings=None):
     """A jitted `step(state, non_trainable, micro_batches) -> (state, loss, tokens)`.
 
     `state` is `(trainable, optimizer_variables)`, lists of arrays, and is
     donated (updated in place on the device); `non_trainable` (the frozen
     base weights) is only read, so it stays shared with the Keras model;
     `micro_batches` is a batch dict whose arrays have a leading micro-batch
-    axis (see `stack_micro_batches`). `fused_loss`, `attention`: see
-    `summed_loss`.
+    axis (see `stack_micro_batches`). `fused_loss`: see `summed_loss`.
     `state_shardings` pins the new state to the layout of the old one: under
     model parallel XLA may otherwise lay out the optimizer moments anew after
     the first step, which costs a second compilation.
@@ -65,7 +63,7 @@ def make_train_step(causal_lm, optimizer, fused_loss=True, state_shardings=None,
 
     def grad_fn(trainable, non_trainable, batch):
         def loss(values):
-            return summed_loss(causal_lm, values, non_trainable, batch, fused_loss, attention)
+            return summed_loss(causal_lm, values, non_trainable, batch, fused_loss)
 
         (total, count), grads = jax.value_and_grad(loss, has_aux=True)(trainable)
         return total, count, grads
@@ -94,10 +92,10 @@ def make_train_step(causal_lm, optimizer, fused_loss=True, state_shardings=None,
     return jax.jit(step, donate_argnums=0, out_shardings=out_shardings)
 
 
-def make_eval_step(causal_lm, fused_loss=True, attention="auto"):
+def make_eval_step(causal_lm, fused_loss=True):
     """A jitted `eval_step(trainable, non_trainable, batch) -> (sum, count)`."""
 
     def eval_step(trainable, non_trainable, batch):
-        return summed_loss(causal_lm, trainable, non_trainable, batch, fused_loss, attention)
+        return summed_loss(causal_lm, trainable, non_trainable, batch, fused_loss)
 
     return jax.jit(eval_step)
