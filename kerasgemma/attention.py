@@ -8,10 +8,12 @@ block's mask the segment-causal mask: position i may attend to position j
 iff j <= i and both belong to the same example
 (`segment_ids[i] == segment_ids[j] != 0`).
 
-Sliding windows (Gemma 2/3 local layers) are still applied inside keras-hub's
-attention layers. RoPE is
-relative, so with cross-example attention masked out positions need not
-restart per example.
+Positions restart at 0 for every example: each attention layer's rotary
+embedding gets per-token positions (`segment_positions`) instead of
+0..seq-1, so an example packed after others is computed exactly as it would
+be alone (RoPE is relative in exact arithmetic, but its bfloat16 sines and
+cosines are not) and as it is at generation time. Sliding windows (Gemma 2/3
+local layers) are still applied inside keras-hub's attention layers.
 """
 
 import contextlib
@@ -20,6 +22,7 @@ from kerasgemma.backend import ensure_jax_backend
 
 ensure_jax_backend()
 
+import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 
@@ -44,6 +47,23 @@ def segment_causal_mask(segment_ids):
     return (same & real & causal) | eye
 
 
+def segment_positions(segment_ids):
+    """Position of each token within its example, `(batch, seq)` int32.
+
+    Example:
+    >>> import numpy as np
+    >>> np.asarray(segment_positions(np.array([[1, 1, 1, 2, 2, 0, 0]]))).tolist()
+    [[0, 1, 2, 0, 1, 0, 1]]
+    """
+    segment_ids = jnp.asarray(segment_ids)
+    index = jnp.broadcast_to(jnp.arange(segment_ids.shape[-1], dtype=jnp.int32), segment_ids.shape)
+    starts = jnp.concatenate(
+        [jnp.ones_like(segment_ids[:, :1], dtype=bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1
+    )
+    first = jax.lax.cummax(jnp.where(starts, index, 0), axis=1)
+    return index - first
+
+
 @contextlib.contextmanager
 def packed_attention(backbone, segment_ids):
     """Make every decoder block of `backbone` attend within examples only.
@@ -63,15 +83,22 @@ def packed_attention(backbone, segment_ids):
     True
     """
     mask = segment_causal_mask(segment_ids)
+    positions = segment_positions(segment_ids)
     blocks = backbone.transformer_layers
+    ropes = [block.attention.rope_layer for block in blocks]
 
     def compute_attention_mask(*args, **kwargs):
         return mask
 
-    for block in blocks:
+    def restarting(rope):
+        return lambda inputs, start_index=0, **kwargs: rope(inputs, positions=positions)
+
+    for block, rope in zip(blocks, ropes):
         object.__setattr__(block, "_compute_attention_mask", compute_attention_mask)
+        object.__setattr__(block.attention, "rope_layer", restarting(rope))
     try:
         yield
     finally:
-        for block in blocks:
+        for block, rope in zip(blocks, ropes):
             object.__delattr__(block, "_compute_attention_mask")
+            object.__setattr__(block.attention, "rope_layer", rope)
