@@ -30,8 +30,10 @@ import train_throughput as tt  # noqa: E402
 
 # name -> (extra XLA flags, keyword arguments of the step set-up, description)
 VARIANTS = {
-    "default": ("", {}, "kerasgemma defaults (packed, bf16, fused sliced loss, cuDNN attention with a dense mask)"),
+    "default": ("", {}, "kerasgemma defaults (packed, bf16, fused sliced loss, cuDNN attention with the segment mask and is_causal)"),
     "causal_only": ("", {"causal_only": True}, "measurement only: keras-hub's causal mask, no segment mask"),
+    "no_causal_hint": ("", {"no_causal_hint": True},
+                       "the segment mask alone, without is_causal=True: cuDNN computes every block"),
     "batch16": ("", {"batch_size": 16}, "16 packed rows per step instead of 8"),
     "no_triton_gemm": ("--xla_gpu_enable_triton_gemm=false", {}, "XLA: cuBLAS for every matmul, no Triton GEMM fusions"),
     "reference_loss": ("", {"fused_loss": False}, "full float32 logits instead of the fused sliced loss"),
@@ -86,6 +88,10 @@ def run_variant(name, shape, steps, warmup, profile_dir=None):
 
     if options.pop("causal_only", False):
         kerasgemma.forward.packed_attention = lambda backbone, segment_ids: contextlib.nullcontext()
+    if options.pop("no_causal_hint", False):
+        import kerasgemma.attention
+
+        kerasgemma.attention.causal_attention_op = contextlib.nullcontext
     sequences = tt.make_sequences(4000, tt.SHAPES[shape]["keras"]["vocabulary_size"], 0)
     row = tt.arm_kerasgemma(shape, sequences, steps, warmup, **options)
     row["useful_tokens_per_second"] = row["useful_tokens"] / row["seconds"]

@@ -133,3 +133,30 @@ def test_packed_example_in_bfloat16_is_computed_as_if_alone(architecture):
         packed = lm.backbone({"token_ids": token_ids, "padding_mask": np.ones_like(token_ids, bool)})
     alone = lm.backbone({"token_ids": second[None], "padding_mask": np.ones((1, 30), bool)})
     np.testing.assert_allclose(np.asarray(packed, np.float32)[0, 60:], np.asarray(alone, np.float32)[0], atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("architecture", ["gemma", "gemma3"])
+def test_fused_attention_path_with_causal_hint_matches_examples_alone(architecture, monkeypatch):
+    """The fused-op path (cuDNN on a GPU) gets `is_causal=True` next to the segment mask:
+    forced on here (XLA runs it on CPU), packed examples still equal the examples alone."""
+    import keras
+
+    from kerasgemma.attention import packed_attention
+    from kerasgemma.tiny import build_tiny_causal_lm
+
+    lm = build_tiny_causal_lm(architecture)
+    for block in lm.backbone.transformer_layers:
+        monkeypatch.setattr(block.attention, "_use_fused_attention_op", lambda: True)
+    calls = []
+    dense = keras.ops.dot_product_attention
+    spy = lambda *args, **kwargs: calls.append(kwargs) or dense(*args, **kwargs)  # noqa: E731
+    monkeypatch.setattr(keras.ops, "dot_product_attention", spy)
+    rng = np.random.default_rng(0)
+    first, second = rng.integers(10, 200, 20), rng.integers(10, 200, 12)
+    token_ids = np.concatenate([first, second])[None]
+    with packed_attention(lm.backbone, np.array([[1] * 20 + [2] * 12])):
+        packed = lm.backbone({"token_ids": token_ids, "padding_mask": np.ones_like(token_ids, bool)})
+    assert calls and all(call.get("is_causal") for call in calls)
+    assert keras.ops.dot_product_attention is spy  # restored on exit
+    alone = lm.backbone({"token_ids": second[None], "padding_mask": np.ones((1, 12), bool)})
+    np.testing.assert_allclose(np.asarray(packed)[0, 20:], np.asarray(alone)[0], atol=1e-5, rtol=0)
