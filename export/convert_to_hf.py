@@ -26,7 +26,7 @@ import sys
 # Also runs from a clone without `pip install -e .`.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from kerasgemma.export.command import add_export_arguments, run  # noqa: E402
+from kerasgemma.commands.export import add_export_arguments, run  # noqa: E402
 
 
 def make_parser():

@@ -7,46 +7,61 @@ Examples:
     kerasgemma resume runs/20261128-101500
     kerasgemma offline-model              # build the bundled Gemma 3 270M preset
     kerasgemma export RUN_OR_PRESET OUT   # Hugging Face folder + PEFT adapter
+
+A mistake in the input (a bad setting, a missing file, a bad data row) is
+printed as one line and exits with status 2; `--debug` shows the traceback.
 """
 
 import argparse
-import importlib
+import sys
 
-# Modules that each provide `add_parser(subparsers)` and `run(args) -> int`
-# (`run_<name>(args)` per subcommand when they add several).
-COMMAND_MODULES = (
-    "kerasgemma.demo",
-    "kerasgemma.data.command",
-    "kerasgemma.train.command",
-    "kerasgemma.offline.command",
-    "kerasgemma.export.command",
-)
+from kerasgemma.commands import data as data_command
+from kerasgemma.commands import demo as demo_command
+from kerasgemma.commands import export as export_command
+from kerasgemma.commands import offline_model as offline_model_command
+from kerasgemma.commands import train as train_command
+from kerasgemma.errors import EXIT_USER_ERROR
+from kerasgemma.errors import UserError
+
+COMMANDS = (demo_command, data_command, train_command, offline_model_command, export_command)
 
 
 def make_parser():
+    """The `kerasgemma` parser with every subcommand registered.
+
+    Example:
+    >>> args = make_parser().parse_args(["resume", "runs/x"])
+    >>> args.command, args.run.__name__
+    ('resume', 'run_resume')
+    """
     parser = argparse.ArgumentParser(
         prog="kerasgemma",
         description="LoRA fine-tuning of Gemma in Keras (JAX) with verified Hugging Face export.",
         epilog=__doc__.split("Examples:")[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--debug", action="store_true", help="Show the full traceback of any error.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module_name in COMMAND_MODULES:
-        module = importlib.import_module(module_name)
-        before = set(subparsers.choices)
-        module.add_parser(subparsers)
-        added = set(subparsers.choices) - before
-        for name in added:
-            # A module with one subcommand runs it with `run`; one with several
-            # (train and resume) has `run_<name>` for each.
-            handler = module.run if len(added) == 1 else getattr(module, f"run_{name.replace('-', '_')}")
-            subparsers.choices[name].set_defaults(run=handler)
+    for command in COMMANDS:
+        command.add_parser(subparsers)
     return parser
 
 
 def main(argv=None):
+    """Parse `argv`, run the subcommand, return its exit code (2 for a user error)."""
     args = make_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except UserError as error:
+        if args.debug:
+            raise
+        print(f"kerasgemma {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"kerasgemma {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -11,14 +11,11 @@ Example (tiny random model, a few seconds):
     kerasgemma demo --preset tiny:gemma3 --max-steps 2
 """
 
-import argparse
 import dataclasses
 from pathlib import Path
 
 from kerasgemma.config import CONFIG_FILE_NAME
 from kerasgemma.config import TrainConfig
-from kerasgemma.config_args import add_config_arguments
-from kerasgemma.config_args import config_from_args
 
 SAMPLE_DATA = Path(__file__).parent / "data" / "sample" / "hc3_baike_sample.jsonl"
 DEMO_REPORT_NAME = "demo_report.json"
@@ -47,20 +44,6 @@ DEMO_CONFIG = TrainConfig(
     max_new_tokens=48,
     output_dir="runs",
 )
-
-
-def add_parser(subparsers):
-    parser = subparsers.add_parser(
-        "demo",
-        help="Fine-tune, export and verify on the embedded default (offline).",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_config_arguments(parser, base=DEMO_CONFIG)
-    parser.add_argument("--held-out", type=int, default=3, help="Held-out questions answered before and after (default 3).")
-    parser.add_argument("--export-dtype", default="bfloat16", help="dtype of the exported weights (default bfloat16).")
-    parser.add_argument("--skip-export", action="store_true", help="Stop after training and saving the LoRA weights.")
-    parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
 
 
 def run_demo(config=DEMO_CONFIG, held_out=3, export=True, export_dtype="bfloat16", progress=True, log=print):
@@ -100,7 +83,7 @@ def run_demo(config=DEMO_CONFIG, held_out=3, export=True, export_dtype="bfloat16
     for item in report["answers"]:
         log(f"Q: {item['question']}\n  before: {item['before']!r}\n  after:  {item['after']!r}")
     if export:
-        from kerasgemma.export.checkpoint import training_summary
+        from kerasgemma.export.source import training_summary
         from kerasgemma.export.pipeline import export_and_verify
         from kerasgemma.hub import write_model_card
         from kerasgemma.model import resolve_lora_targets
@@ -126,18 +109,3 @@ def run_demo(config=DEMO_CONFIG, held_out=3, export=True, export_dtype="bfloat16
     return report
 
 
-def run(args):
-    config = config_from_args(args, base=DEMO_CONFIG)
-    report = run_demo(
-        config,
-        held_out=args.held_out,
-        export=not args.skip_export,
-        export_dtype=args.export_dtype,
-        progress=not args.no_progress,
-    )
-    verification = report.get("export", {}).get("verification")
-    if verification is not None:
-        print(f"verification: max |Δlogits| = {verification['max_abs_logits_diff']:.3g} "
-              f"(tolerance {verification['atol']:g}, LoRA merged) -> {'PASSED' if verification['passed'] else 'FAILED'}")
-    print(report["run_dir"])
-    return 0 if report.get("passed", True) else 1

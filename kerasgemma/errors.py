@@ -15,3 +15,7 @@ class UserError(ValueError):
 
 
 EXIT_USER_ERROR = 2
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A file or folder the user named does not exist (also a `FileNotFoundError`)."""

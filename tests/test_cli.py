@@ -47,7 +47,7 @@ def test_python_dash_m_entry_point():
 
 
 def test_every_config_flag_has_a_description():
-    from kerasgemma.config_args import field_descriptions
+    from kerasgemma.commands.config_flags import field_descriptions
 
     missing = [name for name, text in field_descriptions().items() if not text]
     assert not missing, f"TrainConfig fields without a docstring entry: {missing}"
@@ -56,7 +56,7 @@ def test_every_config_flag_has_a_description():
 def test_demo_help_shows_the_demo_defaults():
     import argparse
 
-    from kerasgemma.config_args import add_config_arguments
+    from kerasgemma.commands.config_flags import add_config_arguments
     from kerasgemma.demo import DEMO_CONFIG
 
     parser = argparse.ArgumentParser()

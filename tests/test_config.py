@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from kerasgemma.config import TrainConfig
-from kerasgemma.config_args import add_config_arguments, config_from_args
+from kerasgemma.commands.config_flags import add_config_arguments, config_from_args
 
 CHANGED = TrainConfig(
     preset="tiny:gemma3",

@@ -6,7 +6,8 @@ import time
 
 import numpy as np
 
-from kerasgemma.data import command
+from kerasgemma import cli
+from kerasgemma.commands import data as command
 
 
 def parse(argv):
@@ -73,10 +74,10 @@ def test_summary_of_3000_rows_counts_everything_in_seconds(tmp_path, capsys):
 def test_bad_row_exits_with_file_and_line(tmp_path, capsys):
     path = tmp_path / "rows.jsonl"
     path.write_text('{"question": "问", "human_answers": ["答"]}\n{"question": 1}\n')
-    assert command.run(parse([str(path)])) == 1
+    assert cli.main(["data", str(path)]) == 2
     assert f"{path}:2: 'question' must be a string" in capsys.readouterr().err
 
 
 def test_missing_file_exits_cleanly(tmp_path, capsys):
-    assert command.run(parse([str(tmp_path / "missing.jsonl")])) == 1
+    assert cli.main(["data", str(tmp_path / "missing.jsonl")]) == 2
     assert "missing.jsonl: no such file" in capsys.readouterr().err

@@ -2,7 +2,9 @@
 
 import argparse
 
-from kerasgemma.offline import command, preset
+from kerasgemma import cli
+from kerasgemma.commands import offline_model as command
+from kerasgemma.offline import preset
 
 
 def parse(argv):
@@ -32,7 +34,7 @@ def test_missing_package_is_a_clear_error(monkeypatch, capsys):
         raise ImportError("The offline Gemma 3 270M needs its PyPI packages")
 
     monkeypatch.setattr(preset, "build_offline_preset", fake_build)
-    assert command.run(parse([])) == 1
+    assert cli.main(["offline-model"]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert captured.err.startswith("error: The offline Gemma 3 270M needs")
+    assert captured.err.startswith("kerasgemma offline-model: error: The offline Gemma 3 270M needs")

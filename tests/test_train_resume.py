@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 CHILD = """
 import argparse, sys, time
 import numpy as np
-from kerasgemma.train import checkpoint, command
+from kerasgemma.train import checkpoint
+from kerasgemma.cli import main
 
 hang_at = int(sys.argv[1])
 savez = np.savez
@@ -35,10 +36,7 @@ def savez_then_hang(file, **arrays):
         time.sleep(600)
 
 checkpoint.np.savez = savez_then_hang
-parser = argparse.ArgumentParser()
-command.add_parser(parser.add_subparsers(dest="command"))
-args = parser.parse_args(sys.argv[2:])
-sys.exit({"train": command.run_train, "resume": command.run_resume}[args.command](args))
+sys.exit(main(sys.argv[2:]))
 """
 
 

@@ -14,7 +14,8 @@ from PIL import Image
 from kerasgemma import run as run_module
 from kerasgemma.config import TrainConfig
 from kerasgemma.train import checkpoint
-from kerasgemma.train.command import add_parser
+from kerasgemma import cli
+from kerasgemma.errors import UserError
 from kerasgemma.train.loop import TrainingDiverged
 from kerasgemma.train.metrics import PLOT_DATA_KEY
 from kerasgemma.train.optimizer import make_schedule
@@ -191,12 +192,7 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(
 
 
 def _command(argv):
-    parser = argparse.ArgumentParser()
-    add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    from kerasgemma.train import command
-
-    return {"train": command.run_train, "resume": command.run_resume}[args.command](args)
+    return cli.main(argv)
 
 
 def test_unwritable_output_dir_fails_before_loading_anything(tmp_path, monkeypatch, capsys):
@@ -209,15 +205,15 @@ def test_unwritable_output_dir_fails_before_loading_anything(tmp_path, monkeypat
     # Tests run as root, where a read-only folder is still writable: a path
     # below a regular file cannot be created by anyone.
     config = tiny_config(tmp_path, output_dir=str(blocker / "runs"))
-    with pytest.raises(OSError, match=r"Cannot create a run folder under .*a-file/runs: Not a directory"):
+    with pytest.raises(UserError, match=r"Cannot create a run folder under .*a-file/runs: Not a directory"):
         run_module.train(config)
-    assert _command(["train", "--output-dir", str(blocker / "runs"), "--data", config.data]) == 1
-    assert "kerasgemma train: Cannot create a run folder under" in capsys.readouterr().err
+    assert _command(["train", "--output-dir", str(blocker / "runs"), "--data", config.data]) == 2
+    assert "kerasgemma train: error: Cannot create a run folder under" in capsys.readouterr().err
 
     monkeypatch.setattr(run_module.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10, 10, 5 * 2**20))
-    with pytest.raises(OSError, match=r"Only 5 MiB free on the disk of .*; need at least 100 MiB"):
+    with pytest.raises(UserError, match=r"Only 5 MiB free on the disk of .*; need at least 100 MiB"):
         run_module.train(dataclasses.replace(config, output_dir=str(tmp_path / "runs")))
-    with pytest.raises(FileNotFoundError, match="is not a run folder"):
+    with pytest.raises(UserError, match="is not a run folder"):
         run_module.resume(tmp_path)
 
 

@@ -8,6 +8,7 @@ read, examples kept, rows skipped by reason and duplicates removed.
 
 import os
 
+from kerasgemma.errors import UserError
 from kerasgemma.data.readers import EMPTY_FILE, list_data_files, read_rows
 from kerasgemma.data.report import LoadReport
 from kerasgemma.data.rows import RowError, row_to_conversations
@@ -17,7 +18,7 @@ HC3_SUBSETS = ("baike", "finance", "law", "medicine", "nlpcc_dbqa", "open_qa", "
 ON_ERROR_CHOICES = ("raise", "skip")
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A bad row, raised with its `source` ("FILE:LINE") and problem `kind`."""
 
     def __init__(self, source, kind, message):
@@ -63,9 +64,9 @@ def load_examples(
     (3, 1, 1, {'wrong_type': 1})
     """
     if on_error not in ON_ERROR_CHOICES:
-        raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}.")
+        raise UserError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}.")
     if subset not in HC3_SUBSETS:
-        raise ValueError(f"subset must be one of {HC3_SUBSETS}, got {subset!r}.")
+        raise UserError(f"subset must be one of {HC3_SUBSETS}, got {subset!r}.")
     report = LoadReport(files=list_data_files(path, subset=subset))
     examples, seen = [], set()
     for row in _rows(report.files, progress):
@@ -89,7 +90,7 @@ def load_examples(
             examples.append({"messages": messages, "source": row.source})
     report.examples = len(examples)
     if not examples:
-        raise ValueError(f"{os.fspath(path)}: no usable examples ({report.to_dict()}).")
+        raise UserError(f"{os.fspath(path)}: no usable examples ({report.to_dict()}).")
     return examples, report
 
 

@@ -11,6 +11,8 @@ import dataclasses
 import json
 import os
 
+from kerasgemma.errors import MissingFileError, UserError
+
 SUPPORTED_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 # Problem kinds a reader can report (the loader adds the row-level ones).
@@ -52,7 +54,7 @@ def list_data_files(path, subset=None):
     """
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such file or folder.")
+        raise MissingFileError(f"{path}: no such file or folder.")
     if os.path.isfile(path):
         if not path.endswith(SUPPORTED_SUFFIXES):
             raise ValueError(
@@ -71,7 +73,7 @@ def list_data_files(path, subset=None):
         if name.endswith(SUPPORTED_SUFFIXES)
     )
     if not files:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{path}: no {'/'.join(SUPPORTED_SUFFIXES)} files in this folder."
         )
     return files

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 
-from kerasgemma.offline.checkpoint import write_hf_checkpoint
+from kerasgemma.offline.hf_folder import write_hf_folder
 from kerasgemma.offline.gguf_file import cache_root
 from kerasgemma.offline.gguf_file import gguf_path
 from kerasgemma.offline.gguf_file import import_gguf_package
@@ -71,7 +71,7 @@ def convert_gguf_to_preset(gguf_file, preset_dir, progress=True):
     import keras_hub
 
     with tempfile.TemporaryDirectory(dir=os.path.dirname(preset_dir)) as hf_dir:
-        write_hf_checkpoint(gguf_file, hf_dir, progress=progress)
+        write_hf_folder(gguf_file, hf_dir, progress=progress)
         if progress:
             print("Converting to Keras with keras-hub...", file=sys.stderr)
         # float32: the weights are dequantized values, and parity with

@@ -53,14 +53,14 @@ def add_parser(subparsers):
     add("--mode", default="pack", choices=MODES)
     add("--validation-fraction", type=float, default=0.05)
     add("--seed", type=int, default=0)
+    parser.set_defaults(run=run)
     return parser
 
 
 def run(args):
     """Run `kerasgemma data` with parsed arguments; returns the exit code."""
     tokenizer = load_tokenizer(args.preset)
-    try:
-        data = prepare_data(
+    data = prepare_data(
             args.path,
             tokenizer,
             sequence_length=args.sequence_length,
@@ -77,9 +77,6 @@ def run(args):
             overflow=args.overflow,
             progress=sys.stderr.isatty(),
         )
-    except (DataError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
     summary = data.summary()
     print(format_summary(summary))
     if args.json:

@@ -27,7 +27,7 @@ METRICS_NAME = "metrics.jsonl"
 
 
 @dataclasses.dataclass
-class Checkpoint:
+class ExportSource:
     """A loaded model and where it came from (for the model card)."""
 
     causal_lm: object
@@ -114,7 +114,7 @@ def _stored_rank(lora_path):
         return int(f["lora"]["vars"]["rank"][()]) if "vars" in f["lora"] else int(f["lora"]["rank"][()])
 
 
-def load_checkpoint(
+def load_export_source(
     source,
     lora=None,
     weights=None,
@@ -134,11 +134,11 @@ def load_checkpoint(
             does not give them.
 
     Returns:
-        `Checkpoint`.
+        `ExportSource`.
 
     Example:
-    >>> checkpoint = load_checkpoint("tiny:gemma3")
-    >>> type(checkpoint.causal_lm).__name__, checkpoint.lora
+    >>> source = load_export_source("tiny:gemma3")
+    >>> type(source.causal_lm).__name__, source.lora
     ('Gemma3CausalLM', None)
     """
     run_config = training = None
@@ -159,7 +159,7 @@ def load_checkpoint(
         settings = lora_settings(lora, lora_rank, lora_alpha, lora_targets)
         enable_lora(causal_lm, settings["rank"], settings["alpha"], settings["targets"])
         causal_lm.backbone.load_lora_weights(lora)
-    return Checkpoint(causal_lm, source, settings, lora, weights, run_config, training)
+    return ExportSource(causal_lm, source, settings, lora, weights, run_config, training)
 
 
 def _load_weights(causal_lm, path):

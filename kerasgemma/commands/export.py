@@ -70,29 +70,31 @@ def add_parser(subparsers):
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    return add_export_arguments(parser)
+    add_export_arguments(parser)
+    parser.set_defaults(run=run)
+    return parser
 
 
 def run(args, log=print):
     """Run an export from parsed arguments; returns the exit code."""
     from kerasgemma import hub
-    from kerasgemma.export.checkpoint import load_checkpoint
+    from kerasgemma.export.source import load_export_source
     from kerasgemma.export.pipeline import export_and_verify
 
     log(f"loading {args.source}")
-    checkpoint = load_checkpoint(args.source, lora=args.lora, weights=args.weights, lora_rank=args.lora_rank,
+    source = load_export_source(args.source, lora=args.lora, weights=args.weights, lora_rank=args.lora_rank,
                                  lora_alpha=args.lora_alpha, lora_targets=args.lora_targets)
     folder, report = export_and_verify(
-        checkpoint.causal_lm, args.output_dir, adapter_only=args.adapter_only,
-        base_model=args.base_model or checkpoint.preset,
+        source.causal_lm, args.output_dir, adapter_only=args.adapter_only,
+        base_model=args.base_model or source.preset,
         dtype=args.dtype, max_shard_size=args.max_shard_size, verify=not args.no_verify,
         max_new_tokens=args.max_new_tokens, atol=args.atol, check_mlx=not args.no_mlx,
         progress=not args.no_progress, log=log,
     )
     if report is not None:
         log(report.summary())
-    hub.write_model_card(folder, args.base_model or checkpoint.preset, lora=checkpoint.lora,
-                         run_config=checkpoint.run_config, training=checkpoint.training, repo_id=args.push)
+    hub.write_model_card(folder, args.base_model or source.preset, lora=source.lora,
+                         run_config=source.run_config, training=source.training, repo_id=args.push)
     log(folder)
     if report is not None and not report.passed and not args.force_push:
         return 1

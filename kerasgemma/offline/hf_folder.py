@@ -197,7 +197,7 @@ def hf_weights_from_gguf(reader, num_layers, progress=True):
     return weights
 
 
-def write_hf_checkpoint(gguf_file, folder, progress=True):
+def write_hf_folder(gguf_file, folder, progress=True):
     """Write `config.json`, `model.safetensors` and `tokenizer.model`.
 
     The folder holds just what keras-hub's Hugging Face converter reads, in
@@ -214,7 +214,7 @@ def write_hf_checkpoint(gguf_file, folder, progress=True):
     Example:
     >>> import tempfile
     >>> from kerasgemma.offline import gguf_path
-    >>> folder = write_hf_checkpoint(gguf_path(), tempfile.mkdtemp())  # doctest: +SKIP
+    >>> folder = write_hf_folder(gguf_path(), tempfile.mkdtemp())  # doctest: +SKIP
     >>> sorted(os.listdir(folder))  # doctest: +SKIP
     ['config.json', 'model.safetensors', 'tokenizer.model']
     """

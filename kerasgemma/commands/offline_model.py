@@ -10,8 +10,8 @@ Progress goes to stderr; the last line of stdout is the preset folder, for
 """
 
 import argparse
-import sys
 
+from kerasgemma.errors import UserError
 from kerasgemma.offline.gguf_file import CACHE_ENV
 
 
@@ -39,6 +39,7 @@ def add_parser(subparsers):
     parser.add_argument(
         "--force", action="store_true", help="Rebuild even if already built."
     )
+    parser.set_defaults(run=run)
     return parser
 
 
@@ -59,7 +60,6 @@ def run(args):
             cache_dir=args.cache_dir, force=args.force, progress=True
         )
     except ImportError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        raise UserError(str(error)) from error
     print(path)
     return 0
