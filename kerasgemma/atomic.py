@@ -16,14 +16,18 @@ from kerasgemma.files import TEMPORARY_PREFIX
 
 
 def temporary_path(path):
-    """A fresh temporary path beside `path` (same folder, `.tmp-` prefix).
+    """A fresh temporary path beside `path`: same folder, `.tmp-` prefix, same ending.
+
+    The ending is kept because some writers choose the format by it
+    (matplotlib's `.png`) or insist on it (Keras' `.lora.h5`).
 
     Example:
-    >>> temporary_path("/x/config.json").parent.as_posix(), temporary_path("a").name.startswith(".tmp-a.")
-    ('/x', True)
+    >>> scratch = temporary_path("/x/adapter.lora.h5")
+    >>> scratch.parent.as_posix(), scratch.name.startswith(".tmp-"), scratch.name.endswith("-adapter.lora.h5")
+    ('/x', True, True)
     """
     path = Path(path)
-    return path.with_name(f"{TEMPORARY_PREFIX}{path.name}.{uuid.uuid4().hex[:8]}")
+    return path.with_name(f"{TEMPORARY_PREFIX}{uuid.uuid4().hex[:8]}-{path.name}")
 
 
 @contextlib.contextmanager

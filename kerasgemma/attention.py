@@ -27,13 +27,9 @@ since the mask already excludes those positions.
 import contextlib
 import functools
 
-from kerasgemma.backend import ensure_jax_backend
-
-ensure_jax_backend()
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import keras  # noqa: E402
+import jax
+import jax.numpy as jnp
+import keras
 
 
 def segment_causal_mask(segment_ids):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-CONFIG_FILE_NAME = "config.json"
+from kerasgemma.atomic import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -146,10 +146,7 @@ class TrainConfig:
 
     def save(self, path):
         """Write as JSON (sorted keys, indented) atomically."""
-        path = Path(path)
-        temporary = path.with_name(path.name + ".tmp")
-        temporary.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-        temporary.replace(path)
+        write_json_atomic(path, self.to_dict())
 
 
 def read_config_file(path):

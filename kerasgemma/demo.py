@@ -14,12 +14,12 @@ Example (tiny random model, a few seconds):
 import dataclasses
 from pathlib import Path
 
-from kerasgemma.config import CONFIG_FILE_NAME
+from kerasgemma.atomic import write_json_atomic
 from kerasgemma.config import TrainConfig
+from kerasgemma.files import DEMO_REPORT
+from kerasgemma.run import start_run
 
 SAMPLE_DATA = Path(__file__).parent / "data" / "sample" / "hc3_baike_sample.jsonl"
-DEMO_REPORT_NAME = "demo_report.json"
-MERGED_DIR_NAME = "hf-merged"
 
 # Sized for a 2-core CPU (about 100 tokens/s for the 270M model in float32,
 # shared DESIGN.md): two passes over ~290 short Q&A pairs packed into rows of
@@ -57,20 +57,16 @@ def run_demo(config=DEMO_CONFIG, held_out=3, export=True, export_dtype="bfloat16
         progress: bool. Show progress bars.
         log: callable used to print progress lines.
     """
-    from kerasgemma.run import create_run_dir, prepare_run, sample_answers, save_lora, write_json
-
-    run_dir = create_run_dir(config.output_dir)
-    config.save(run_dir / CONFIG_FILE_NAME)
-    trainer, validation_examples = prepare_run(config, run_dir, progress=progress)
-    questions = [example["messages"][0]["content"] for example in validation_examples[:held_out]]
+    run = start_run(config, progress=progress)
+    questions = [example["messages"][0]["content"] for example in run.validation_examples[:held_out]]
     log(f"model: {config.preset}, LoRA rank {config.lora_rank} on {config.lora_targets}, "
-        f"{trainer.steps_per_epoch} steps/epoch, {trainer.total_steps} steps")
-    before = sample_answers(trainer.causal_lm, config, questions) if questions else []
-    summary = trainer.fit()
-    after = sample_answers(trainer.causal_lm, config, questions) if questions else []
-    lora_path = save_lora(trainer.causal_lm, config, run_dir)
+        f"{run.trainer.steps_per_epoch} steps/epoch, {run.trainer.total_steps} steps")
+    before = run.answer(questions) if questions else []
+    summary = run.fit()
+    after = run.answer(questions) if questions else []
+    lora_path = run.save_lora()
     report = {
-        "run_dir": str(run_dir),
+        "run_dir": str(run.run_dir),
         "preset": config.preset,
         "summary": summary,
         "lora_weights": str(lora_path),
@@ -83,29 +79,9 @@ def run_demo(config=DEMO_CONFIG, held_out=3, export=True, export_dtype="bfloat16
     for item in report["answers"]:
         log(f"Q: {item['question']}\n  before: {item['before']!r}\n  after:  {item['after']!r}")
     if export:
-        from kerasgemma.export.source import training_summary
-        from kerasgemma.export.pipeline import export_and_verify
-        from kerasgemma.hub import write_model_card
-        from kerasgemma.model import resolve_lora_targets
-
-        merged, verification = export_and_verify(
-            trainer.causal_lm, str(run_dir / MERGED_DIR_NAME), dtype=export_dtype, progress=progress, log=log
-        )
+        merged, verification = run.export(dtype=export_dtype, progress=progress, log=log)
         log(verification.summary())
-        write_model_card(
-            merged,
-            config.preset,
-            lora={
-                "rank": config.lora_rank,
-                "alpha": config.lora_alpha or config.lora_rank,
-                "targets": resolve_lora_targets(config.lora_targets),
-            },
-            run_config=config.to_dict(),
-            training=training_summary(run_dir),
-        )
         report["export"] = {"merged_dir": merged, "verification": dataclasses.asdict(verification)}
         report["passed"] = verification.passed
-    write_json(run_dir / DEMO_REPORT_NAME, report)
+    write_json_atomic(run.run_dir / DEMO_REPORT, report)
     return report
-
-

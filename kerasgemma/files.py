@@ -13,6 +13,7 @@ A run folder (`kerasgemma train`):
     checkpoints/step-N/    state.npz, progress.json, config.json
     adapter.lora.h5        the final LoRA matrices (keras-hub's format)
     lora.json              preset, rank, alpha and targets to reload them
+    hf-merged/, hf-adapter/  exports made by `Run.export` (and the demo)
 
 An exported folder (`kerasgemma export`): `config.json`, safetensors shards
 and their index, tokenizer files, `generation_config.json`,
@@ -35,7 +36,8 @@ LORA_WEIGHTS = "adapter.lora.h5"
 LORA_SETTINGS = "lora.json"
 RUN_LOCK = ".lock"
 DEMO_REPORT = "demo_report.json"
-DEMO_MERGED_DIR = "hf-merged"
+MERGED_DIR = "hf-merged"
+ADAPTER_DIR = "hf-adapter"
 
 # Checkpoints inside a run folder.
 CHECKPOINTS_DIR = "checkpoints"
@@ -50,6 +52,11 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 VERIFICATION_REPORT = "verification.json"
+TOKENIZER_MODEL = "tokenizer.model"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+TOKENIZER_JSON = "tokenizer.json"
+SPECIAL_TOKENS_MAP = "special_tokens_map.json"
+GENERATION_CONFIG = "generation_config.json"
 MODEL_CARD = "README.md"
 
 # Prefix of every temporary file or folder kerasgemma creates next to its

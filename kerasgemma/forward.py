@@ -7,15 +7,11 @@ loss projects onto the vocabulary in slices (`fused_cross_entropy`).
 
 import functools
 
-from kerasgemma.backend import ensure_jax_backend
+import jax
+import jax.numpy as jnp
+import keras
 
-ensure_jax_backend()
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import keras  # noqa: E402
-
-from kerasgemma.attention import packed_attention  # noqa: E402
+from kerasgemma.attention import packed_attention
 
 # Tokens per slice of the vocabulary projection in `fused_cross_entropy`:
 # 2048 tokens x 256k vocabulary x 4 bytes = 2 GiB of float32 logits at a time

@@ -5,12 +5,8 @@ chat formatting used in training and a token budget counted from the prompt
 (keras-hub's `max_length` counts prompt and answer together).
 """
 
-from kerasgemma.backend import ensure_jax_backend
-
-ensure_jax_backend()
-
-import keras_hub  # noqa: E402
-import numpy as np  # noqa: E402
+import keras_hub
+import numpy as np
 
 END_OF_TURN = "<end_of_turn>"
 

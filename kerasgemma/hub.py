@@ -8,10 +8,11 @@ login, so the token is not in our arguments, messages, logs or files.
 
 import os
 
+from kerasgemma.atomic import write_text_atomic
 from kerasgemma.export.verify import read_report
+from kerasgemma.files import ADAPTER_CONFIG
+from kerasgemma.files import MODEL_CARD
 
-MODEL_CARD_NAME = "README.md"
-ADAPTER_CONFIG_NAME = "adapter_config.json"
 # Gemma weights are distributed under the Gemma Terms of Use; derivatives
 # inherit them (https://ai.google.dev/gemma/terms).
 GEMMA_LICENSE = "gemma"
@@ -75,7 +76,7 @@ def model_card(folder, base_model, lora=None, run_config=None, training=None, re
         base_model: str. The model fine-tuned (a preset or an HF id).
         lora: dict or None. LoRA settings: rank, alpha, targets.
         run_config: dict or None. The training run's config.json.
-        training: dict or None. `kerasgemma.export.source.training_summary`.
+        training: dict or None. `kerasgemma.train.metrics.training_summary`.
         repo_id: str or None. Used in the usage snippet (else the folder).
 
     Example:
@@ -84,7 +85,7 @@ def model_card(folder, base_model, lora=None, run_config=None, training=None, re
     >>> card.splitlines()[1:3], "Not verified" in card
     (['license: gemma', 'base_model: google/gemma-2b'], True)
     """
-    kind = "adapter" if os.path.isfile(os.path.join(folder, ADAPTER_CONFIG_NAME)) else "merged"
+    kind = "adapter" if os.path.isfile(os.path.join(folder, ADAPTER_CONFIG)) else "merged"
     run_config = run_config or {}
     data = run_config.get("data")
     front = ["---", f"license: {GEMMA_LICENSE}"]
@@ -127,9 +128,7 @@ def model_card(folder, base_model, lora=None, run_config=None, training=None, re
 
 def write_model_card(folder, base_model, **kwargs):
     """Write `model_card(folder, base_model, **kwargs)` as `folder/README.md`; returns its path."""
-    from kerasgemma.export.folder import write_text_atomic
-
-    path = os.path.join(folder, MODEL_CARD_NAME)
+    path = os.path.join(folder, MODEL_CARD)
     write_text_atomic(path, model_card(folder, base_model, **kwargs))
     return path
 

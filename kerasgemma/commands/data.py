@@ -3,20 +3,33 @@
     kerasgemma data baike.jsonl
     kerasgemma data hc3_folder/ --subset law --on-error skip --json
     kerasgemma data hf://Hello-SimpleAI/HC3-Chinese --preset gemma3_instruct_1b
+    kerasgemma data --config run.yaml                  # exactly what `train` would read
 
-With `--json` the last line of output is one JSON object with every count.
+The flags are `kerasgemma train`'s data settings, read and checked the same
+way, through the same `kerasgemma.data.prepare_data`. With `--json` the last
+line of output is one JSON object with every count.
 """
 
 import argparse
+import dataclasses
 import json
 import sys
 
-from kerasgemma.data.batching import MODES
-from kerasgemma.data.chat_format import TEMPLATES
-from kerasgemma.data.loading import HC3_SUBSETS, ON_ERROR_CHOICES, DataError
+from kerasgemma.commands.config_flags import add_config_arguments
+from kerasgemma.commands.config_flags import config_from_args
+from kerasgemma.config import TrainConfig
+from kerasgemma.data.pipeline import load_data
 from kerasgemma.data.pipeline import prepare_data
-from kerasgemma.data.rows import ANSWER_CHOICES
-from kerasgemma.data.tokenize import LOSS_CHOICES, OVERFLOW_CHOICES
+from kerasgemma.model import load_tokenizer
+
+# The settings that decide what the data stage produces.
+DATA_FIELDS = (
+    "preset", "subset", "answers", "include_chatgpt", "on_error", "template", "loss", "overflow",
+    "batching", "sequence_length", "batch_size", "validation_fraction", "seed",
+)
+# Without --preset the counts come from a small Gemma-like test tokenizer:
+# instant and offline, but token lengths are then only indicative.
+DATA_BASE_CONFIG = TrainConfig(preset="tiny:gemma")
 
 
 def add_parser(subparsers):
@@ -26,8 +39,10 @@ def add_parser(subparsers):
     >>> import argparse
     >>> parser = argparse.ArgumentParser()
     >>> parser = add_parser(parser.add_subparsers())
-    >>> parser.parse_args(["rows.jsonl", "--json"]).on_error
-    'raise'
+    >>> args = parser.parse_args(["rows.jsonl", "--on-error", "skip", "--json"])
+    >>> config = config_from_args(args, base=DATA_BASE_CONFIG)
+    >>> args.path, config.on_error, config.batch_size, args.json
+    ('rows.jsonl', 'skip', 4, True)
     """
     parser = subparsers.add_parser(
         "data",
@@ -35,64 +50,26 @@ def add_parser(subparsers):
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add = parser.add_argument
-    add("path", help="A .jsonl/.json/.parquet file, a folder, or hf://OWNER/NAME.")
-    add("--subset", default="baike", choices=HC3_SUBSETS, help="HC3 subset (default: baike).")
-    add("--on-error", default="raise", choices=ON_ERROR_CHOICES,
-        help="Stop at the first bad row (default), or skip and count bad rows.")
-    add("--json", action="store_true", help="End the output with one JSON line of counts.")
-    add("--preset", default=None,
-        help="keras-hub preset whose tokenizer to use (default: a tiny test tokenizer).")
-    add("--answers", default="first", choices=ANSWER_CHOICES)
-    add("--include-chatgpt", action="store_true", help="Also train on ChatGPT answers.")
-    add("--template", default="gemma", choices=TEMPLATES)
-    add("--loss", default="completion", choices=LOSS_CHOICES)
-    add("--overflow", default="truncate", choices=OVERFLOW_CHOICES)
-    add("--sequence-length", type=int, default=512)
-    add("--batch-size", type=int, default=8)
-    add("--mode", default="pack", choices=MODES)
-    add("--validation-fraction", type=float, default=0.05)
-    add("--seed", type=int, default=0)
+    parser.add_argument("path", nargs="?", help="A .jsonl/.json/.parquet file, a folder, \"hub\" or "
+                        "hf://OWNER/NAME (default: the config's `data`).")
+    add_config_arguments(parser, base=DATA_BASE_CONFIG, fields=DATA_FIELDS)
+    parser.add_argument("--json", action="store_true", help="End the output with one JSON line of counts.")
     parser.set_defaults(run=run)
     return parser
 
 
 def run(args):
     """Run `kerasgemma data` with parsed arguments; returns the exit code."""
-    tokenizer = load_tokenizer(args.preset)
-    data = prepare_data(
-            args.path,
-            tokenizer,
-            sequence_length=args.sequence_length,
-            batch_size=args.batch_size,
-            mode=args.mode,
-            validation_fraction=args.validation_fraction,
-            seed=args.seed,
-            subset=args.subset,
-            answers=args.answers,
-            include_chatgpt=args.include_chatgpt,
-            on_error=args.on_error,
-            template=args.template,
-            loss=args.loss,
-            overflow=args.overflow,
-            progress=sys.stderr.isatty(),
-        )
-    summary = data.summary()
+    config = config_from_args(args, base=DATA_BASE_CONFIG)
+    if args.path:
+        config = dataclasses.replace(config, data=args.path)
+    examples = load_data(config, progress=sys.stderr.isatty())
+    tokenizer = load_tokenizer(config.preset, texts=examples.texts())
+    summary = prepare_data(config, tokenizer, examples=examples).summary()
     print(format_summary(summary))
     if args.json:
         print(json.dumps(summary, ensure_ascii=False, sort_keys=True))
     return 0
-
-
-def load_tokenizer(preset):
-    """The tokenizer of a keras-hub preset, or the tiny test tokenizer's bytes."""
-    if preset is None:
-        from kerasgemma.tiny import build_tiny_tokenizer_proto
-
-        return build_tiny_tokenizer_proto()
-    import keras_hub
-
-    return keras_hub.models.Tokenizer.from_preset(preset)
 
 
 def format_summary(summary):
@@ -107,7 +84,7 @@ def format_summary(summary):
         f"tokens per example: p50 {summary['length_p50']:.0f}  p95 {summary['length_p95']:.0f}  "
         f"max {summary['length_max']}  "
         f"(truncated {summary['truncated']}, dropped {summary['dropped']})",
-        f"batches: {summary['batches_per_epoch']} x {summary['batch_mode']} "
+        f"batches: {summary['batches_per_epoch']} x {summary['batching']} "
         f"{summary['batch_shapes']}  non-padding {summary['non_padding_fraction']:.1%} "
         f"(padding every example: {summary['non_padding_fraction_if_padded']:.1%})",
     ])

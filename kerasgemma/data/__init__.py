@@ -1,7 +1,7 @@
 """The data stage: rows -> validated chat examples -> token ids with a loss mask -> batches.
 
-Typical use, step by step (`prepare_data` does all of it in one call, as
-`kerasgemma data` does):
+Typical use, step by step (`prepare_data(config, tokenizer)` does all of it in
+one call, as `kerasgemma data`, `kerasgemma train` and the notebooks do):
 
     examples, load_report = load_examples("baike.jsonl", on_error="skip")
     train, validation = split_examples(examples, validation_fraction=0.05, seed=0)
@@ -21,13 +21,15 @@ from kerasgemma.data.chat_format import (
 )
 from kerasgemma.data.chat_template import GEMMA_CHAT_TEMPLATE
 from kerasgemma.data.loading import (
+    HUB_PREFIX,
+    load_source_examples,
     HC3_REPO_ID,
     HC3_SUBSETS,
     DataError,
     load_examples,
     load_hub_examples,
 )
-from kerasgemma.data.pipeline import PreparedData, prepare_data
+from kerasgemma.data.pipeline import PreparedData, SplitExamples, load_data, prepare_data
 from kerasgemma.data.report import LoadReport, TokenReport
 from kerasgemma.data.rows import RowError, row_to_conversations, validate_messages
 from kerasgemma.data.split import split_examples

@@ -14,6 +14,9 @@ from kerasgemma.data.report import LoadReport
 from kerasgemma.data.rows import RowError, row_to_conversations
 
 HC3_REPO_ID = "Hello-SimpleAI/HC3-Chinese"
+# `data` values that mean the Hub: "hub" (HC3-Chinese itself) or "hf://OWNER/NAME".
+HC3_SOURCE = "hub"
+HUB_PREFIX = "hf://"
 HC3_SUBSETS = ("baike", "finance", "law", "medicine", "nlpcc_dbqa", "open_qa", "psychology", "all")
 ON_ERROR_CHOICES = ("raise", "skip")
 
@@ -113,6 +116,34 @@ def load_hub_examples(repo_id=HC3_REPO_ID, subset="baike", revision=None, **kwar
 
     path = hf_hub_download(repo_id, f"{subset}.jsonl", repo_type="dataset", revision=revision)
     return load_examples(path, subset=subset, **kwargs)
+
+
+def load_source_examples(source, **kwargs):
+    """Examples of a data source as `TrainConfig.data` names it.
+
+    Args:
+        source: str or path. "hub" (HC3-Chinese on the Hub), "hf://OWNER/NAME"
+            (a Hub dataset laid out like HC3-Chinese), or a local file/folder.
+        **kwargs: passed to `load_examples` (subset, answers, include_chatgpt,
+            on_error, progress).
+
+    Returns:
+        `(examples, report)` as `load_examples`.
+
+    Example:
+    >>> import pathlib, tempfile
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "rows.jsonl"
+    >>> _ = path.write_text('{"question": "问", "human_answers": ["答"]}', encoding="utf-8")
+    >>> examples, report = load_source_examples(str(path))
+    >>> examples[0]["messages"][1]["content"], report.examples
+    ('答', 1)
+    """
+    source = str(source)
+    if source == HC3_SOURCE:
+        return load_hub_examples(HC3_REPO_ID, **kwargs)
+    if source.startswith(HUB_PREFIX):
+        return load_hub_examples(source[len(HUB_PREFIX) :], **kwargs)
+    return load_examples(source, **kwargs)
 
 
 def _rows(files, progress):

@@ -1,52 +1,67 @@
-"""The whole data stage in one call: load, split, tokenize, batch, and summarize.
+"""The whole data stage for a `TrainConfig`: load, split, tokenize, batch, summarise.
 
-This is what `kerasgemma data` and the notebooks run; each step is also a
-public function of `kerasgemma.data` for people who want to stop in between.
+`kerasgemma data`, `kerasgemma train` and the notebooks all call this one
+entry point, so a data file reports the same numbers everywhere. Each step
+is also a public function of `kerasgemma.data` for people who want to stop
+in between.
 """
 
 import dataclasses
 
 from kerasgemma.data.batching import Batches
-from kerasgemma.data.loading import load_examples, load_hub_examples
+from kerasgemma.data.loading import load_source_examples
 from kerasgemma.data.split import split_examples
 from kerasgemma.data.tokenize import tokenize_examples
+from kerasgemma.errors import UserError
+from kerasgemma.model import load_tokenizer
 
-HUB_PREFIX = "hf://"
+
+@dataclasses.dataclass
+class SplitExamples:
+    """Validated chat examples of a source, split, with the `LoadReport` of loading."""
+
+    train: list
+    validation: list
+    load_report: object
+
+    def texts(self):
+        """Every message text of the training examples (what a tiny tokenizer is trained on)."""
+        return [message["content"] for example in self.train for message in example["messages"]]
 
 
 @dataclasses.dataclass
 class PreparedData:
-    """Training and validation batches with the reports of every step.
+    """Training and validation batches with the examples and the reports of every step.
 
     Args:
+        examples: `SplitExamples`, the validated examples before tokenizing.
         train: `Batches` of the training examples.
         validation: `Batches` of the validation examples, or None.
-        load_report: `LoadReport` of loading.
         token_report: `TokenReport` of the training examples.
         validation_token_report: `TokenReport` of the validation examples, or None.
     """
 
+    examples: SplitExamples
     train: Batches
-    validation: Batches
-    load_report: object
+    validation: Batches | None
     token_report: object
     validation_token_report: object = None
 
     def summary(self):
-        """All counts as one flat, JSON-ready dict."""
+        """All counts as one flat, JSON-ready dict (what `data_report.json` holds)."""
         train = self.train
         lengths = [len(example.token_ids) - 1 for example in train.examples]
         padded_fraction = sum(lengths) / (len(lengths) * train.sequence_length)
-        summary = self.load_report.to_dict()
+        summary = self.examples.load_report.to_dict()
         summary.update(
-            train_examples=len(train.examples),
-            validation_examples=len(self.validation.examples) if self.validation else 0,
+            train_examples=len(self.examples.train),
+            validation_examples=len(self.examples.validation),
             **{
                 key: value
                 for key, value in self.token_report.to_dict().items()
                 if key not in ("examples", "kept")  # Counted above, after the split.
             },
-            batch_mode=train.mode,
+            batching=train.mode,
             batch_size=train.batch_size,
             sequence_length=train.sequence_length,
             batches_per_epoch=len(train),
@@ -60,36 +75,38 @@ class PreparedData:
         return summary
 
 
-def prepare_data(
-    source,
-    tokenizer,
-    sequence_length=512,
-    batch_size=8,
-    mode="pack",
-    validation_fraction=0.05,
-    seed=0,
-    subset="baike",
-    answers="first",
-    include_chatgpt=False,
-    on_error="raise",
-    template="gemma",
-    loss="completion",
-    overflow="truncate",
-    progress=False,
-):
-    """Load, validate, split, tokenize and batch a dataset.
+def load_data(config, progress=False):
+    """Load, validate and split the examples `config.data` names.
 
     Args:
-        source: str or path. A local file or folder (see `load_examples`), or
-            `"hf://OWNER/NAME"` for a Hub dataset laid out like HC3-Chinese.
-        tokenizer: the model's tokenizer (keras-hub) or SentencePiece bytes.
-        sequence_length: int. Tokens per batch row.
-        batch_size: int. Rows per batch.
-        mode: str. "pack" (default), "bucket" or "pad" (see `Batches`).
-        validation_fraction: float. Share of questions held out.
-        seed: int. Seed of the split, the packing and the epoch shuffles.
-        subset, answers, include_chatgpt, on_error: see `load_examples`.
-        template, loss, overflow: see `tokenize_examples`.
+        config: `TrainConfig`. Reads data, subset, answers,
+            include_chatgpt, on_error, validation_fraction, seed.
+        progress: bool. Show a progress bar while reading rows.
+
+    Returns:
+        `SplitExamples`.
+    """
+    examples, load_report = load_source_examples(
+        config.data,
+        subset=config.subset,
+        answers=config.answers,
+        include_chatgpt=config.include_chatgpt,
+        on_error=config.on_error,
+        progress=progress,
+    )
+    train, validation = split_examples(examples, config.validation_fraction, config.seed)
+    return SplitExamples(train, validation, load_report)
+
+
+def prepare_data(config, tokenizer=None, examples=None, progress=False):
+    """Load (unless given), tokenize and batch the data of `config`.
+
+    Args:
+        config: `TrainConfig`. Besides `load_data`'s settings: template,
+            loss, overflow, sequence_length, batch_size, batching, seed.
+        tokenizer: the model's keras-hub tokenizer, SentencePiece bytes, or
+            None for the tokenizer of `config.preset`.
+        examples: `SplitExamples` already loaded, or None to load them.
         progress: bool. Show a progress bar while reading rows.
 
     Returns:
@@ -97,42 +114,41 @@ def prepare_data(
 
     Example:
     >>> import json, pathlib, tempfile
+    >>> from kerasgemma.config import TrainConfig
     >>> from kerasgemma.tiny import build_tiny_tokenizer_proto
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "baike.jsonl"
     >>> rows = [{"question": f"问题{i}", "human_answers": [f"答案{i}"]} for i in range(20)]
     >>> _ = path.write_text("\\n".join(json.dumps(r) for r in rows))
-    >>> data = prepare_data(path, build_tiny_tokenizer_proto(), sequence_length=64, batch_size=2)
-    >>> data.summary()["train_examples"], data.summary()["validation_examples"]
-    (19, 1)
+    >>> config = TrainConfig(data=str(path), sequence_length=64, batch_size=2)
+    >>> summary = prepare_data(config, build_tiny_tokenizer_proto()).summary()
+    >>> summary["train_examples"], summary["validation_examples"], summary["batching"]
+    (19, 1, 'pack')
     """
-    load_options = dict(
-        subset=subset,
-        answers=answers,
-        include_chatgpt=include_chatgpt,
-        on_error=on_error,
-        progress=progress,
-    )
-    source = str(source)
-    if source.startswith(HUB_PREFIX):
-        examples, load_report = load_hub_examples(source[len(HUB_PREFIX) :], **load_options)
-    else:
-        examples, load_report = load_examples(source, **load_options)
-    train, validation = split_examples(examples, validation_fraction, seed)
+    examples = examples or load_data(config, progress=progress)
+    tokenizer = tokenizer or load_tokenizer(config.preset, texts=examples.texts())
     # n token ids give n - 1 (input, target) positions: sequence_length + 1 fill a row.
     token_options = dict(
-        max_tokens=sequence_length + 1, template=template, loss=loss, overflow=overflow
+        max_tokens=config.sequence_length + 1,
+        template=config.template,
+        loss=config.loss,
+        overflow=config.overflow,
     )
-    train_tokens, token_report = tokenize_examples(train, tokenizer, **token_options)
-    if not train_tokens:
-        raise ValueError(f"{source}: every training example was dropped ({token_report.to_dict()}).")
     batch_options = dict(
-        batch_size=batch_size, sequence_length=sequence_length, mode=mode, seed=seed
+        batch_size=config.batch_size,
+        sequence_length=config.sequence_length,
+        mode=config.batching,
+        seed=config.seed,
     )
-    train_batches = Batches(train_tokens, **batch_options)
-    prepared = PreparedData(train_batches, None, load_report, token_report)
-    if validation:
+    train_tokens, token_report = tokenize_examples(examples.train, tokenizer, **token_options)
+    if not train_tokens:
+        raise UserError(
+            f"{config.data}: no training example fits sequence_length={config.sequence_length} "
+            f"({token_report.to_dict()}); raise sequence_length or use overflow='truncate'."
+        )
+    prepared = PreparedData(examples, Batches(train_tokens, **batch_options), None, token_report)
+    if examples.validation:
         validation_tokens, prepared.validation_token_report = tokenize_examples(
-            validation, tokenizer, **token_options
+            examples.validation, tokenizer, **token_options
         )
         if validation_tokens:
             prepared.validation = Batches(validation_tokens, **batch_options)

@@ -22,28 +22,24 @@ scheduler). After it, `detect_devices()` counts every host's devices, the mesh
 spans them all, and each process feeds `shard_batch` its own rows.
 """
 
-from kerasgemma.backend import ensure_jax_backend
+import keras
 
-ensure_jax_backend()
-
-import keras  # noqa: E402
-
-from kerasgemma.distribution.devices import DeviceInfo  # noqa: E402
-from kerasgemma.distribution.devices import detect_devices  # noqa: E402
-from kerasgemma.distribution.layout import FittedModelParallel  # noqa: E402
-from kerasgemma.distribution.layout import gemma3_layout_map  # noqa: E402
-from kerasgemma.distribution.layout import layout_map  # noqa: E402
-from kerasgemma.distribution.layout import data_parallel_degree  # noqa: E402
-from kerasgemma.distribution.layout import make_distribution  # noqa: E402
-from kerasgemma.distribution.layout import pad_to_replicas  # noqa: E402
-from kerasgemma.distribution.layout import report_unsharded  # noqa: E402
-from kerasgemma.distribution.layout import shard_batch  # noqa: E402
-from kerasgemma.distribution.sizing import estimate_param_bytes  # noqa: E402
-from kerasgemma.distribution.sizing import preset_backbone_config  # noqa: E402
-from kerasgemma.distribution.strategy import DistributionError  # noqa: E402
-from kerasgemma.distribution.strategy import Strategy  # noqa: E402
-from kerasgemma.distribution.strategy import choose_strategy  # noqa: E402
-from kerasgemma.distribution.strategy import parse_mesh  # noqa: E402
+from kerasgemma.distribution.devices import DeviceInfo
+from kerasgemma.distribution.devices import detect_devices
+from kerasgemma.distribution.layout import FittedModelParallel
+from kerasgemma.distribution.layout import gemma3_layout_map
+from kerasgemma.distribution.layout import layout_map
+from kerasgemma.distribution.layout import data_parallel_degree
+from kerasgemma.distribution.layout import make_distribution
+from kerasgemma.distribution.layout import pad_to_replicas
+from kerasgemma.distribution.layout import report_unsharded
+from kerasgemma.distribution.layout import shard_batch
+from kerasgemma.distribution.sizing import estimate_param_bytes
+from kerasgemma.distribution.sizing import preset_backbone_config
+from kerasgemma.distribution.strategy import DistributionError
+from kerasgemma.distribution.strategy import Strategy
+from kerasgemma.distribution.strategy import choose_strategy
+from kerasgemma.distribution.strategy import parse_mesh
 
 
 def plan(preset, dtype, batch_size, distribution="auto", mesh=None, devices=None, verbose=True):

@@ -3,11 +3,7 @@
 import dataclasses
 import os
 
-from kerasgemma.backend import ensure_jax_backend
-
-ensure_jax_backend()
-
-import jax  # noqa: E402
+import jax
 
 
 @dataclasses.dataclass(frozen=True)

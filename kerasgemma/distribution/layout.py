@@ -19,18 +19,14 @@ Two things keras-hub leaves to the user are handled here:
 
 import re
 
-from kerasgemma.backend import ensure_jax_backend
+import jax
+import keras
+import keras_hub
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
 
-ensure_jax_backend()
-
-import jax  # noqa: E402
-import keras  # noqa: E402
-import keras_hub  # noqa: E402
-import numpy as np  # noqa: E402
-from jax.sharding import NamedSharding  # noqa: E402
-from jax.sharding import PartitionSpec  # noqa: E402
-
-from kerasgemma.distribution.strategy import DistributionError  # noqa: E402
+from kerasgemma.distribution.strategy import DistributionError
 
 BATCH_AXIS = "batch"
 MODEL_AXIS = "model"

@@ -10,18 +10,18 @@ heads' A stacked and B block-diagonal, and alpha scaled by heads so that
 PEFT's alpha/r equals Keras' alpha/rank. Still megabytes, and exact.
 """
 
-import json
 import os
 from collections import Counter
 
 import numpy as np
 
+from kerasgemma.atomic import write_json_atomic
 from kerasgemma.export.folder import atomic_folder
 from kerasgemma.export.safetensors_io import cast
 from kerasgemma.export.weights import PROJECTIONS, _numpy
+from kerasgemma.files import ADAPTER_CONFIG
+from kerasgemma.files import ADAPTER_WEIGHTS
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 _PER_HEAD = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"}
 
 
@@ -141,6 +141,5 @@ def export_adapter(
         safetensors_numpy.save_file(
             tensors, os.path.join(scratch, ADAPTER_WEIGHTS), metadata={"format": "pt"}
         )
-        with open(os.path.join(scratch, ADAPTER_CONFIG), "w") as f:
-            json.dump(config, f, indent=2, sort_keys=True)
+        write_json_atomic(os.path.join(scratch, ADAPTER_CONFIG), config)
     return os.path.abspath(os.fspath(output_dir))

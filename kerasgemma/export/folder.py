@@ -44,20 +44,3 @@ def atomic_folder(output_dir, overwrite=True):
     os.replace(scratch, output_dir)
     if old:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def write_text_atomic(path, text):
-    """Write `text` to `path` through a temporary file and a rename.
-
-    Example:
-    >>> import os, tempfile
-    >>> path = os.path.join(tempfile.mkdtemp(), "x.json")
-    >>> write_text_atomic(path, "{}")
-    >>> open(path).read()
-    '{}'
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)

@@ -8,11 +8,7 @@ setting is read from the layers that use it, and a backbone that no
 transformers class can reproduce is refused instead of exported wrong.
 """
 
-from kerasgemma.backend import ensure_jax_backend
-
-ensure_jax_backend()
-
-import keras_hub  # noqa: E402
+import keras_hub
 
 ARCHITECTURES = {
     "gemma": ("GemmaForCausalLM", "gemma"),

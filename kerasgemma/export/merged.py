@@ -1,15 +1,15 @@
 """Export a Keras Gemma causal LM (LoRA merged) as a transformers folder."""
 
-import json
 import os
 
+from kerasgemma.atomic import write_json_atomic
 from kerasgemma.export.folder import atomic_folder
 from kerasgemma.export.hf_config import hf_config
 from kerasgemma.export.safetensors_io import write_sharded
 from kerasgemma.export.tokenizer_files import write_tokenizer_files
 from kerasgemma.export.weights import hf_tensors
+from kerasgemma.files import HF_CONFIG
 
-CONFIG_FILE = "config.json"
 
 
 def export_merged(
@@ -60,7 +60,6 @@ def export_merged(
         if progress is not None:
             tensors = progress(tensors)
         write_sharded(tensors, scratch, dtype=dtype, max_shard_size=max_shard_size)
-        with open(os.path.join(scratch, CONFIG_FILE), "w") as f:
-            json.dump(config, f, indent=2, sort_keys=True)
+        write_json_atomic(os.path.join(scratch, HF_CONFIG), config)
         write_tokenizer_files(tokenizer, scratch, chat_template=chat_template)
     return os.path.abspath(os.fspath(output_dir))

@@ -14,8 +14,10 @@ import ml_dtypes
 import numpy as np
 from safetensors import numpy as safetensors_numpy
 
-SINGLE_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
+from kerasgemma.atomic import write_json_atomic
+from kerasgemma.files import SAFETENSORS_INDEX as INDEX_FILE
+from kerasgemma.files import SAFETENSORS_SINGLE as SINGLE_FILE
+
 DTYPES = {
     "float32": np.dtype(np.float32),
     "bfloat16": np.dtype(ml_dtypes.bfloat16),
@@ -119,8 +121,7 @@ def write_sharded(tensors, output_dir, dtype="bfloat16", max_shard_size="2GB"):
     weight_map = {tensor: names[k] for tensor, k in weight_map.items()}
     if count > 1:
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        with open(os.path.join(output_dir, INDEX_FILE), "w") as f:
-            json.dump(index, f, indent=2, sort_keys=True)
+        write_json_atomic(os.path.join(output_dir, INDEX_FILE), index)
     return weight_map
 
 

@@ -15,15 +15,18 @@ verification needs a float32 reference anyway.
 """
 
 import dataclasses
-import json
 import os
 
-from kerasgemma.model import enable_lora, load_causal_lm
+import h5py
 
-LORA_WEIGHTS_NAME = "adapter.lora.h5"
-LORA_SETTINGS_NAME = "lora.json"
-RUN_CONFIG_NAME = "config.json"
-METRICS_NAME = "metrics.jsonl"
+from kerasgemma.atomic import read_json
+from kerasgemma.files import LORA_SETTINGS
+from kerasgemma.files import LORA_WEIGHTS
+from kerasgemma.files import RUN_CONFIG
+from kerasgemma.model import enable_lora
+from kerasgemma.model import load_causal_lm
+from kerasgemma.model import lora_settings
+from kerasgemma.train.metrics import training_summary
 
 
 @dataclasses.dataclass
@@ -39,36 +42,6 @@ class ExportSource:
     training: dict | None = None
 
 
-def _read_json(path):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def training_summary(run_dir):
-    """Steps, tokens and first/last losses from a run's `metrics.jsonl`, or None.
-
-    Example:
-    >>> import tempfile
-    >>> training_summary(tempfile.mkdtemp()) is None
-    True
-    """
-    from kerasgemma.train.metrics import read_jsonl
-
-    path = os.path.join(run_dir, METRICS_NAME)
-    if not os.path.isfile(path):
-        return None
-    records = read_jsonl(path)
-    summary = {
-        "steps": max((r.get("step", 0) for r in records), default=0),
-        "tokens": sum(r.get("tokens", 0) for r in records),
-    }
-    for key in ("train_loss", "val_loss"):
-        values = [r[key] for r in records if key in r]
-        if values:
-            summary[key] = {"first": values[0], "last": values[-1]}
-    return summary
-
-
 def is_run_folder(path):
     """True if `path` holds a trained LoRA run (`lora.json` + `adapter.lora.h5`).
 
@@ -77,39 +50,37 @@ def is_run_folder(path):
     >>> is_run_folder(tempfile.mkdtemp())
     False
     """
-    return os.path.isfile(os.path.join(path, LORA_SETTINGS_NAME)) and os.path.isfile(
-        os.path.join(path, LORA_WEIGHTS_NAME)
+    return os.path.isfile(os.path.join(path, LORA_SETTINGS)) and os.path.isfile(
+        os.path.join(path, LORA_WEIGHTS)
     )
 
 
-def lora_settings(lora_path, rank=None, alpha=None, targets=None):
+def lora_file_settings(lora_path, rank=None, alpha=None, targets=None):
     """LoRA rank/alpha/targets for `lora_path`: arguments over its `lora.json`.
 
     Args:
         lora_path: str. A `.lora.h5` file.
         rank, alpha, targets: overrides; None keeps the `lora.json` value
             (rank: the file's own rank; alpha: rank; targets: query, value).
+            Targets take the same groups as training ("attention", "all").
 
     Example:
     >>> import tempfile
-    >>> lora_settings(tempfile.mkdtemp() + "/x.lora.h5", rank=4)
-    {'rank': 4, 'alpha': 4, 'targets': ['query', 'value']}
+    >>> lora_file_settings(tempfile.mkdtemp() + "/x.lora.h5", rank=4, targets="attention")
+    {'rank': 4, 'alpha': 4, 'targets': ['query', 'key', 'value', 'attention_output']}
     """
-    settings_path = os.path.join(os.path.dirname(os.path.abspath(lora_path)), LORA_SETTINGS_NAME)
-    saved = _read_json(settings_path) if os.path.isfile(settings_path) else {}
+    settings_path = os.path.join(os.path.dirname(os.path.abspath(lora_path)), LORA_SETTINGS)
+    saved = read_json(settings_path) if os.path.isfile(settings_path) else {}
     if rank is None:
         rank = saved.get("rank") or _stored_rank(lora_path)
-    alpha = alpha if alpha is not None else saved.get("alpha", rank)
+    if alpha is None:
+        alpha = saved.get("alpha")
     if targets is None:
-        targets = saved.get("targets", ["query", "value"])
-    elif isinstance(targets, str):
-        targets = [name for name in targets.split(",") if name]
-    return {"rank": int(rank), "alpha": alpha, "targets": list(targets)}
+        targets = saved.get("targets", "query,value")
+    return lora_settings(rank, alpha, targets)
 
 
 def _stored_rank(lora_path):
-    import h5py
-
     with h5py.File(lora_path, "r") as f:
         return int(f["lora"]["vars"]["rank"][()]) if "vars" in f["lora"] else int(f["lora"]["rank"][()])
 
@@ -146,17 +117,17 @@ def load_export_source(
         if lora is not None:
             raise ValueError(f"{source} is a run folder; it has its own LoRA file.")
         run_dir = source
-        lora = os.path.join(run_dir, LORA_WEIGHTS_NAME)
-        source = _read_json(os.path.join(run_dir, LORA_SETTINGS_NAME))["preset"]
-        if os.path.isfile(os.path.join(run_dir, RUN_CONFIG_NAME)):
-            run_config = _read_json(os.path.join(run_dir, RUN_CONFIG_NAME))
+        lora = os.path.join(run_dir, LORA_WEIGHTS)
+        source = read_json(os.path.join(run_dir, LORA_SETTINGS))["preset"]
+        if os.path.isfile(os.path.join(run_dir, RUN_CONFIG)):
+            run_config = read_json(os.path.join(run_dir, RUN_CONFIG))
         training = training_summary(run_dir)
     causal_lm = load_causal_lm(source, dtype="float32")
     if weights is not None:
         _load_weights(causal_lm, weights)
     settings = None
     if lora is not None:
-        settings = lora_settings(lora, lora_rank, lora_alpha, lora_targets)
+        settings = lora_file_settings(lora, lora_rank, lora_alpha, lora_targets)
         enable_lora(causal_lm, settings["rank"], settings["alpha"], settings["targets"])
         causal_lm.backbone.load_lora_weights(lora)
     return ExportSource(causal_lm, source, settings, lora, weights, run_config, training)

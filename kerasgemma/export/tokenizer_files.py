@@ -9,16 +9,16 @@ the Keras ids on every probe text; otherwise transformers converts
 `tokenizer.model` itself at load time.
 """
 
-import json
 import os
 import shutil
 import tempfile
 
-TOKENIZER_MODEL = "tokenizer.model"
-TOKENIZER_CONFIG = "tokenizer_config.json"
-TOKENIZER_JSON = "tokenizer.json"
-SPECIAL_TOKENS_MAP = "special_tokens_map.json"
-GENERATION_CONFIG = "generation_config.json"
+from kerasgemma.atomic import write_json_atomic
+from kerasgemma.files import GENERATION_CONFIG
+from kerasgemma.files import SPECIAL_TOKENS_MAP
+from kerasgemma.files import TOKENIZER_CONFIG
+from kerasgemma.files import TOKENIZER_JSON
+from kerasgemma.files import TOKENIZER_MODEL
 
 START_OF_TURN = "<start_of_turn>"
 END_OF_TURN = "<end_of_turn>"
@@ -123,10 +123,6 @@ def generation_config(tokenizer):
     }
 
 
-def _write_json(path, value):
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=2, ensure_ascii=False, sort_keys=True)
-        f.write("\n")
 
 
 def write_tokenizer_files(tokenizer, output_dir, chat_template=None):
@@ -143,12 +139,12 @@ def write_tokenizer_files(tokenizer, output_dir, chat_template=None):
     with open(os.path.join(output_dir, TOKENIZER_MODEL), "wb") as f:
         f.write(tokenizer.proto)
     config = tokenizer_config(tokenizer, chat_template)
-    _write_json(os.path.join(output_dir, TOKENIZER_CONFIG), config)
-    _write_json(
+    write_json_atomic(os.path.join(output_dir, TOKENIZER_CONFIG), config)
+    write_json_atomic(
         os.path.join(output_dir, SPECIAL_TOKENS_MAP),
         {**_SPECIAL, "additional_special_tokens": [START_OF_TURN, END_OF_TURN]},
     )
-    _write_json(os.path.join(output_dir, GENERATION_CONFIG), generation_config(tokenizer))
+    write_json_atomic(os.path.join(output_dir, GENERATION_CONFIG), generation_config(tokenizer))
     written = [TOKENIZER_MODEL, TOKENIZER_CONFIG, SPECIAL_TOKENS_MAP, GENERATION_CONFIG]
     if _write_faithful_tokenizer_json(tokenizer, output_dir):
         written.append(TOKENIZER_JSON)

@@ -26,12 +26,14 @@ import os
 
 import numpy as np
 
-from kerasgemma.export.folder import write_text_atomic
+from kerasgemma.atomic import read_json
+from kerasgemma.atomic import write_text_atomic
 from kerasgemma.export.safetensors_io import cast, read_weight_map
 from kerasgemma.export.tokenizer_files import special_token_ids
 from kerasgemma.export.weights import hf_tensors
+from kerasgemma.files import HF_CONFIG
+from kerasgemma.files import VERIFICATION_REPORT
 
-REPORT_FILE = "verification.json"
 DEFAULT_PROMPTS = (
     "中国的首都是哪里？",
     "<start_of_turn>user\nWrite a haiku about the sea.<end_of_turn>\n"
@@ -358,8 +360,7 @@ def verify_export(
     stop_ids = {ids["<eos>"], ids["<end_of_turn>"]}
     failures = []
 
-    with open(os.path.join(model_dir, "config.json")) as f:
-        folder_config = json.load(f)
+    folder_config = read_json(os.path.join(model_dir, HF_CONFIG))
     dtype = folder_config.get("dtype", "float32")
     bit_exact = _compare_files(model_dir, exported_backbone, not is_adapter, dtype)
     if not bit_exact:
@@ -453,7 +454,7 @@ def verify_export(
         reference=reference,
     )
     if write_report:
-        write_text_atomic(os.path.join(report_dir, REPORT_FILE), report.to_json() + "\n")
+        write_text_atomic(os.path.join(report_dir, VERIFICATION_REPORT), report.to_json() + "\n")
     return report
 
 
@@ -465,8 +466,5 @@ def read_report(folder):
     >>> read_report(tempfile.mkdtemp()) is None
     True
     """
-    path = os.path.join(folder, REPORT_FILE)
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    path = os.path.join(folder, VERIFICATION_REPORT)
+    return read_json(path) if os.path.exists(path) else None

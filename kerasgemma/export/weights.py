@@ -12,13 +12,9 @@ them to disk without a second copy of the model in host memory.
 
 import numpy as np
 
-from kerasgemma.backend import ensure_jax_backend
+from keras import ops
 
-ensure_jax_backend()
-
-from keras import ops  # noqa: E402
-
-from kerasgemma.export.hf_config import detect_architecture  # noqa: E402
+from kerasgemma.export.hf_config import detect_architecture
 
 
 def _heads_in(kernel):

@@ -17,18 +17,18 @@ llama.cpp permutes Q/K rows only for its Llama-family converter, not for
 Gemma, so no un-permutation is needed (the logits parity test checks this).
 """
 
-import json
 import os
 
 import numpy as np
 from safetensors.numpy import save_file
 
+from kerasgemma.atomic import write_json_atomic
+from kerasgemma.files import HF_CONFIG
+from kerasgemma.files import SAFETENSORS_SINGLE
+from kerasgemma.files import TOKENIZER_MODEL
 from kerasgemma.offline.tokenizer import read_gguf_vocabulary
 from kerasgemma.offline.tokenizer import sentencepiece_proto
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-TOKENIZER_FILE = "tokenizer.model"
 
 # HF parameter names of one Gemma 3 decoder layer (without the `.weight`).
 LAYER_PARAMETERS = (
@@ -223,10 +223,9 @@ def write_hf_folder(gguf_file, folder, progress=True):
     reader = gguf.GGUFReader(gguf_file)
     config = hf_config_from_gguf(reader)
     os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, TOKENIZER_FILE), "wb") as file:
+    with open(os.path.join(folder, TOKENIZER_MODEL), "wb") as file:
         file.write(sentencepiece_proto(**read_gguf_vocabulary(reader)))
-    with open(os.path.join(folder, CONFIG_FILE), "w", encoding="utf-8") as file:
-        json.dump(config, file, indent=2, sort_keys=True)
+    write_json_atomic(os.path.join(folder, HF_CONFIG), config)
     weights = hf_weights_from_gguf(reader, config["num_hidden_layers"], progress)
-    save_file(weights, os.path.join(folder, WEIGHTS_FILE), metadata={"format": "pt"})
+    save_file(weights, os.path.join(folder, SAFETENSORS_SINGLE), metadata={"format": "pt"})
     return folder

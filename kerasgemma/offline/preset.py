@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 
+from kerasgemma.atomic import write_json_atomic
 from kerasgemma.offline.hf_folder import write_hf_folder
 from kerasgemma.offline.gguf_file import cache_root
 from kerasgemma.offline.gguf_file import gguf_path
@@ -85,9 +86,7 @@ def convert_gguf_to_preset(gguf_file, preset_dir, progress=True):
 def _write_manifest(preset_dir, build_seconds):
     manifest = dict(_expected_manifest(), build_seconds=round(build_seconds, 1))
     path = os.path.join(preset_dir, MANIFEST_FILE)
-    with open(f"{path}.tmp", "w", encoding="utf-8") as file:
-        json.dump(manifest, file, indent=2, sort_keys=True)
-    os.replace(f"{path}.tmp", path)
+    write_json_atomic(path, manifest)
 
 
 def _move_into_place(staging_dir, preset_dir):

@@ -9,23 +9,19 @@ resumed run sees exactly the batches the uninterrupted run would have seen.
 import math
 import time
 
-from kerasgemma.backend import ensure_jax_backend
+import jax
+import keras
+import numpy as np
+from tqdm.auto import tqdm
 
-ensure_jax_backend()
-
-import jax  # noqa: E402
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-from kerasgemma.train import checkpoint  # noqa: E402
-from kerasgemma.train.metrics import MetricsLog  # noqa: E402
-from kerasgemma.train.optimizer import make_optimizer  # noqa: E402
-from kerasgemma.train.optimizer import make_schedule  # noqa: E402
-from kerasgemma.train.step import make_eval_step  # noqa: E402
-from kerasgemma.distribution import shard_batch  # noqa: E402
-from kerasgemma.train.step import make_train_step  # noqa: E402
-from kerasgemma.train.step import stack_micro_batches  # noqa: E402
+from kerasgemma.train import checkpoint
+from kerasgemma.train.metrics import MetricsLog
+from kerasgemma.train.optimizer import make_optimizer
+from kerasgemma.train.optimizer import make_schedule
+from kerasgemma.train.step import make_eval_step
+from kerasgemma.distribution import shard_batch
+from kerasgemma.train.step import make_train_step
+from kerasgemma.train.step import stack_micro_batches
 
 
 class TrainingDiverged(RuntimeError):
@@ -129,14 +125,14 @@ class Trainer:
         epoch, index = divmod(step, self.steps_per_epoch)
         return {"epoch": epoch, "batch": index * self.config.grad_accum_steps}
 
-    def restore(self, path):
+    def restore(self, path, keep_later_metrics=False):
         """Load a checkpoint into the trainer and the model.
 
         The data position follows from the step (`batches_for_step`); the one
         saved is checked against it, so a run whose batching settings changed
         since the checkpoint fails here instead of training on other batches.
-        Metrics logged after the checkpoint's step are dropped: they are
-        about to be computed again.
+        Metrics logged after the checkpoint's step are dropped (they are
+        about to be computed again) unless `keep_later_metrics`.
         """
         saved = checkpoint.load_checkpoint(path)
         trainable, optimizer_variables = self.state
@@ -157,7 +153,8 @@ class Trainer:
         self.step = step
         self._cursor = None
         self.sync_model()
-        self.metrics.truncate_after(self.step)
+        if not keep_later_metrics:
+            self.metrics.truncate_after(self.step)
 
     def save(self):
         """Checkpoint the current state; refuses weights that are not finite.

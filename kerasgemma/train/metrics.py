@@ -5,9 +5,12 @@ import json
 import math
 from pathlib import Path
 
-METRICS_FILE_NAME = "metrics.jsonl"
-METRICS_CSV_NAME = "metrics.csv"
-LOSS_PLOT_NAME = "loss.png"
+from kerasgemma.atomic import replacing
+from kerasgemma.atomic import write_text_atomic
+from kerasgemma.files import LOSS_PLOT
+from kerasgemma.files import METRICS_CSV
+from kerasgemma.files import METRICS_JSONL
+
 PLOT_DATA_KEY = "kerasgemma:losses"
 
 
@@ -43,9 +46,30 @@ def truncate_jsonl(path, step):
     if not path.is_file():
         return
     kept = [record for record in read_jsonl(path) if record.get("step", 0) <= step]
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text("".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
-    temporary.replace(path)
+    write_text_atomic(path, "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in kept))
+
+
+def training_summary(run_dir):
+    """Steps, tokens and first/last losses from a run's `metrics.jsonl`, or None.
+
+    Example:
+    >>> import tempfile
+    >>> training_summary(tempfile.mkdtemp()) is None
+    True
+    """
+    path = Path(run_dir) / METRICS_JSONL
+    if not path.is_file():
+        return None
+    records = read_jsonl(path)
+    summary = {
+        "steps": max((r.get("step", 0) for r in records), default=0),
+        "tokens": sum(r.get("tokens", 0) for r in records),
+    }
+    for key in ("train_loss", "val_loss"):
+        values = [r[key] for r in records if key in r]
+        if values:
+            summary[key] = {"first": values[0], "last": values[-1]}
+    return summary
 
 
 class MetricsLog:
@@ -60,7 +84,7 @@ class MetricsLog:
     """
 
     def __init__(self, run_dir):
-        self.path = Path(run_dir) / METRICS_FILE_NAME
+        self.path = Path(run_dir) / METRICS_JSONL
 
     def write(self, record):
         with open(self.path, "a", encoding="utf-8") as file:
@@ -77,13 +101,11 @@ class MetricsLog:
     def write_csv(self):
         records = self.read()
         columns = sorted({key for record in records for key in record})
-        path = self.path.with_name(METRICS_CSV_NAME)
-        temporary = path.with_name(path.name + ".tmp")
-        with open(temporary, "w", newline="", encoding="utf-8") as file:
+        path = self.path.with_name(METRICS_CSV)
+        with replacing(path) as scratch, open(scratch, "w", newline="", encoding="utf-8") as file:
             writer = csv.DictWriter(file, fieldnames=columns)
             writer.writeheader()
             writer.writerows(records)
-        temporary.replace(path)
         return path
 
     def plot(self):
@@ -104,12 +126,11 @@ class MetricsLog:
         axis.set_ylabel("loss (mean over answer tokens)")
         axis.legend()
         axis.grid(alpha=0.3)
-        path = self.path.with_name(LOSS_PLOT_NAME)
-        temporary = path.with_name("loss.tmp.png")
+        path = self.path.with_name(LOSS_PLOT)
         # The plotted points also go into the PNG's text metadata, so the
         # image can be checked against metrics.jsonl without reading pixels.
         plotted = {key: [[r["step"], r[key]] for r in records if key in r] for key in ("train_loss", "val_loss")}
-        figure.savefig(temporary, dpi=100, bbox_inches="tight", metadata={PLOT_DATA_KEY: json.dumps(plotted)})
+        with replacing(path) as scratch:
+            figure.savefig(scratch, dpi=100, bbox_inches="tight", metadata={PLOT_DATA_KEY: json.dumps(plotted)})
         plt.close(figure)
-        temporary.replace(path)
         return path

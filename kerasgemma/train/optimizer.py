@@ -1,10 +1,6 @@
 """AdamW with warmup + decay, clipping, and no weight decay on norms/biases/embeddings."""
 
-from kerasgemma.backend import ensure_jax_backend
-
-ensure_jax_backend()
-
-import keras  # noqa: E402
+import keras
 
 NO_DECAY_NAMES = ["bias", "scale", "embeddings", "gamma", "beta"]
 

@@ -7,17 +7,13 @@ every loss-carrying token divided by their total count, the same number one
 batch k times larger gives.
 """
 
-from kerasgemma.backend import ensure_jax_backend
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-ensure_jax_backend()
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from kerasgemma.forward import cross_entropy  # noqa: E402
-from kerasgemma.forward import logits_fn  # noqa: E402
-from kerasgemma.forward import per_token_loss  # noqa: E402
+from kerasgemma.forward import cross_entropy
+from kerasgemma.forward import logits_fn
+from kerasgemma.forward import per_token_loss
 
 
 def summed_loss(causal_lm, trainable, non_trainable, batch, fused_loss=True):
