@@ -15,7 +15,7 @@ def test_adapter_matches_keras(case, tmp_path):
     lm = lora_model(**CASES[case])
     base = export_merged(lm, tmp_path / "base", dtype="bfloat16", merge_lora=False)
     adapter = export_adapter(lm, tmp_path / "adapter", base_model_name_or_path=base)
-    report = verify_export(lm, None, adapter_dir=adapter, base_dir=base, max_new_tokens=12)
+    report = verify_export(lm, adapter, base_dir=base, max_new_tokens=12)
     print(report.summary())
     assert report.passed, report.summary()
     assert report.max_abs_logits_diff < 1e-4
@@ -35,5 +35,5 @@ def test_adapter_on_wrong_base_fails(tmp_path):
     lm = lora_model("gemma", targets=ALL_LINEAR)
     merged = export_merged(lm, tmp_path / "merged", dtype="float32")
     adapter = export_adapter(lm, tmp_path / "adapter", base_model_name_or_path=merged)
-    report = verify_export(lm, None, adapter_dir=adapter, base_dir=merged, max_new_tokens=4)
+    report = verify_export(lm, adapter, base_dir=merged, max_new_tokens=4)
     assert not report.passed

@@ -7,7 +7,8 @@ import tempfile
 
 from kerasgemma.export.adapter import export_adapter
 from kerasgemma.export.merged import export_merged
-from kerasgemma.export.verify import verify_export
+from kerasgemma.export.verify import verify_adapter
+from kerasgemma.export.verify import verify_merged
 from kerasgemma.export.weights import hf_tensor_shapes
 
 
@@ -43,8 +44,8 @@ def export_and_verify(
         adapter_only: bool. Write a PEFT adapter instead of a merged model.
         base_model: str or None. The adapter's `base_model_name_or_path`.
         dtype, max_shard_size: merged weights' dtype and shard size.
-        verify: bool. Run `verify_export` (writes `verification.json`).
-        max_new_tokens, atol, check_mlx: passed to `verify_export`.
+        verify: bool. Run `verify_merged` / `verify_adapter` (writes `verification.json`).
+        max_new_tokens, atol, check_mlx: passed to the verification.
         progress: bool. Show a progress bar over the tensors written.
         log: callable for one-line status messages.
 
@@ -67,7 +68,7 @@ def export_and_verify(
         if not verify:
             return folder, None
         log("verifying with transformers" + (" and mlx-lm" if check_mlx else ""))
-        return folder, verify_export(causal_lm, folder, max_new_tokens=max_new_tokens, atol=atol,
+        return folder, verify_merged(causal_lm, folder, max_new_tokens=max_new_tokens, atol=atol,
                                      check_mlx=check_mlx)
 
     log(f"writing PEFT adapter {output_dir}")
@@ -81,8 +82,7 @@ def export_and_verify(
         base = export_merged(causal_lm, os.path.join(scratch, "base"), dtype=dtype,
                              max_shard_size=max_shard_size, merge_lora=False, progress=bar)
         log("verifying base + adapter with transformers and PEFT")
-        report = verify_export(causal_lm, None, adapter_dir=folder, base_dir=base,
-                               max_new_tokens=max_new_tokens, atol=atol)
+        report = verify_adapter(causal_lm, folder, base, max_new_tokens=max_new_tokens, atol=atol)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return folder, report

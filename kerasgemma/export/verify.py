@@ -31,6 +31,9 @@ from kerasgemma.atomic import write_text_atomic
 from kerasgemma.export.safetensors_io import cast, read_weight_map
 from kerasgemma.export.tokenizer_files import special_token_ids
 from kerasgemma.export.weights import hf_tensors
+from kerasgemma.errors import UserError
+from kerasgemma.export.mlx_check import mlx_greedy
+from kerasgemma.files import ADAPTER_CONFIG
 from kerasgemma.files import HF_CONFIG
 from kerasgemma.files import VERIFICATION_REPORT
 
@@ -299,32 +302,114 @@ def mlx_limitation(config, longest):
     return None
 
 
-def verify_export(
+def _float32_model(causal_lm):
+    """`(float32 causal LM, what it is)`: the model itself if it is float32, else a float32 copy."""
+    weight_dtypes = {str(v.dtype) for v in causal_lm.weights}
+    if weight_dtypes == {"float32"}:
+        return causal_lm, "Keras model (float32)"
+    described = f"float32 copy of the Keras model ({', '.join(sorted(weight_dtypes))} weights)"
+    return float32_reference(causal_lm), described
+
+
+def _check_weight_files(folder, backbone, merge_lora, failures):
+    """The folder's dtype and whether its tensors are bit-exact; a failure is appended if not."""
+    dtype = read_json(os.path.join(folder, HF_CONFIG)).get("dtype", "float32")
+    bit_exact = _compare_files(folder, backbone, merge_lora, dtype)
+    if not bit_exact:
+        failures.append(f"weights in {folder} differ from the Keras weights rounded to {dtype}")
+    return dtype, bit_exact
+
+
+def _compare_prompts(causal_lm, model, tokenizer_dir, prompts, max_new_tokens, atol, failures, unround):
+    """Compare ids, logits and greedy tokens of `model` (transformers) with `causal_lm` on each prompt.
+
+    `unround()` replaces the folder's rounded weights by the unrounded ones
+    after the rounded model's own figures are taken. Returns
+    `(checks, rounded max |Δ|, greedy tokens of the rounded model)`.
+    """
+    import transformers
+
+    keras_tokenizer = causal_lm.preprocessor.tokenizer
+    ids = special_token_ids(keras_tokenizer)
+    stop_ids = {ids["<eos>"], ids["<end_of_turn>"]}
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+    prompt_ids = [[ids["<bos>"]] + [int(t) for t in keras_tokenizer(p)] for p in prompts]
+    forward = keras_forward(causal_lm, max(map(len, prompt_ids)) + max_new_tokens)
+    keras_greedy = [_keras_greedy(forward, p, max_new_tokens, stop_ids) for p in prompt_ids]
+    rounded = max(
+        float(np.max(np.abs(_torch_logits(model, p + g) - forward(p + g))))
+        for p, g in zip(prompt_ids, keras_greedy)
+    )
+    rounded_greedy = [_torch_greedy(model, p, max_new_tokens, stop_ids) for p in prompt_ids]
+    unround()
+    checks = []
+    for prompt, p_ids, k_greedy in zip(prompts, prompt_ids, keras_greedy):
+        full = p_ids + k_greedy
+        hf_greedy = _torch_greedy(model, p_ids, max_new_tokens, stop_ids)
+        check = PromptCheck(
+            prompt=prompt,
+            tokens_match=hf_tokenizer(prompt)["input_ids"] == p_ids,
+            max_abs_logits_diff=float(np.max(np.abs(_torch_logits(model, full) - forward(full)))),
+            keras_greedy=k_greedy,
+            hf_greedy=hf_greedy,
+            greedy_match=hf_greedy == k_greedy,
+        )
+        checks.append(check)
+        if not check.tokens_match:
+            failures.append(f"tokenizer ids differ on {prompt[:30]!r}")
+        if check.max_abs_logits_diff > atol:
+            failures.append(f"max |Δlogits| {check.max_abs_logits_diff:.3g} > {atol:g} on {prompt[:30]!r}")
+        if not check.greedy_match:
+            failures.append(f"greedy tokens differ on {prompt[:30]!r}")
+    return checks, rounded, (prompt_ids, rounded_greedy, stop_ids)
+
+
+def _check_mlx(folder, checks, prompt_ids, rounded_greedy, stop_ids, max_new_tokens, failures):
+    """mlx-lm's greedy tokens on the folder vs transformers' on the same (rounded) weights: a status line."""
+    limitation = mlx_limitation(read_json(os.path.join(folder, HF_CONFIG)), max(map(len, prompt_ids)) + max_new_tokens)
+    if limitation:
+        return f"skipped: {limitation}"
+    try:
+        mlx_tokens = mlx_greedy(folder, prompt_ids, max_new_tokens, stop_ids)
+    except Exception as error:  # noqa: BLE001 - any mlx-lm error is a failed check, reported
+        status = f"mlx-lm FAILED: {type(error).__name__}: {error}"
+        failures.append(status)
+        return status
+    if mlx_tokens is None:
+        return "mlx-lm not importable, skipped"
+    for check, tokens in zip(checks, mlx_tokens):
+        check.mlx_greedy = tokens
+    if mlx_tokens != rounded_greedy:
+        failures.append("mlx-lm greedy tokens differ from transformers'")
+        return "greedy DIFFERS from transformers"
+    return "greedy identical to transformers (folder weights, float32)"
+
+
+def _finish(report, report_dir, write_report):
+    if write_report:
+        write_text_atomic(os.path.join(report_dir, VERIFICATION_REPORT), report.to_json() + "\n")
+    return report
+
+
+def verify_merged(
     causal_lm,
-    hf_dir,
+    folder,
     prompts=DEFAULT_PROMPTS,
     max_new_tokens=16,
     atol=DEFAULT_ATOL,
-    adapter_dir=None,
-    base_dir=None,
     check_mlx=True,
     write_report=True,
 ):
-    """Compare an exported folder (or base + adapter) with the Keras model.
+    """Compare a merged Hugging Face folder with the Keras model it was exported from.
 
     Args:
-        causal_lm: the Keras causal LM that was exported (LoRA enabled).
-        hf_dir: str. The merged folder, or the adapter folder when
-            `adapter_dir` is given (then pass the same path or None).
+        causal_lm: the Keras causal LM that was exported.
+        folder: str. The merged folder.
         prompts: sequence of str. Fixed prompts (a bos id is prepended).
         max_new_tokens: int. Greedy tokens generated and compared.
         atol: float. Largest allowed max |Δlogits| in float32.
-        adapter_dir: str or None. A PEFT adapter folder to check on top of
-            `base_dir` (the base exported with `merge_lora=False`).
-        base_dir: str or None. Base folder for the adapter check.
-        check_mlx: bool. Also check mlx-lm's greedy tokens when importable
-            (merged folders only).
-        write_report: bool. Write `verification.json` into the checked folder.
+        check_mlx: bool. Also compare mlx-lm's greedy tokens, when importable.
+        write_report: bool. Write `verification.json` into the folder.
 
     Returns:
         `VerificationReport`.
@@ -335,127 +420,97 @@ def verify_export(
     >>> from kerasgemma.export import export_merged
     >>> lm = build_tiny_causal_lm("gemma")
     >>> folder = export_merged(lm, tempfile.mkdtemp() + "/hf")
-    >>> report = verify_export(lm, folder, max_new_tokens=4, check_mlx=False)
+    >>> report = verify_merged(lm, folder, max_new_tokens=2, check_mlx=False)
     >>> report.passed, report.weights_dtype, report.weights_bit_exact
     (True, 'bfloat16', True)
     """
-    import transformers
-
-    is_adapter = adapter_dir is not None
-    if is_adapter and base_dir is None:
-        raise ValueError("Checking an adapter needs base_dir (the exported base).")
-    model_dir = base_dir if is_adapter else hf_dir
-    report_dir = adapter_dir if is_adapter else hf_dir
-    # The folder is checked bit for bit against the model as it is; the
-    # logits against a float32 run of the same weights.
-    exported_backbone = causal_lm.backbone
-    reference = "Keras model (float32)"
-    weight_dtypes = {str(v.dtype) for v in causal_lm.weights}
-    if weight_dtypes != {"float32"}:
-        causal_lm = float32_reference(causal_lm)
-        reference = f"float32 copy of the Keras model ({', '.join(sorted(weight_dtypes))} weights)"
-    backbone = causal_lm.backbone
-    keras_tokenizer = causal_lm.preprocessor.tokenizer
-    ids = special_token_ids(keras_tokenizer)
-    stop_ids = {ids["<eos>"], ids["<end_of_turn>"]}
     failures = []
+    dtype, bit_exact = _check_weight_files(folder, causal_lm.backbone, True, failures)
+    reference_lm, reference = _float32_model(causal_lm)
+    model = _load_float32(folder)
 
-    folder_config = read_json(os.path.join(model_dir, HF_CONFIG))
-    dtype = folder_config.get("dtype", "float32")
-    bit_exact = _compare_files(model_dir, exported_backbone, not is_adapter, dtype)
-    if not bit_exact:
-        failures.append(
-            f"weights in {model_dir} differ from the Keras weights rounded to {dtype}"
-        )
+    def unround():
+        if dtype != "float32":
+            _set_unrounded(model, reference_lm.backbone, True)
 
-    model = _load_float32(model_dir)
-    if is_adapter:
-        import peft
-
-        model = peft.PeftModel.from_pretrained(model, adapter_dir)
-        model.eval()
-    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
-
-    prompt_ids = [[ids["<bos>"]] + [int(t) for t in keras_tokenizer(p)] for p in prompts]
-    forward = keras_forward(causal_lm, max(map(len, prompt_ids)) + max_new_tokens)
-    keras_greedy = [_keras_greedy(forward, p, max_new_tokens, stop_ids) for p in prompt_ids]
-    rounded = max(
-        float(np.max(np.abs(_torch_logits(model, p + g) - forward(p + g))))
-        for p, g in zip(prompt_ids, keras_greedy)
+    checks, rounded, (prompt_ids, rounded_greedy, stop_ids) = _compare_prompts(
+        reference_lm, model, folder, prompts, max_new_tokens, atol, failures, unround
     )
-    # mlx-lm runs the folder's (rounded) weights: compare it with these.
-    rounded_greedy = [_torch_greedy(model, p, max_new_tokens, stop_ids) for p in prompt_ids]
-    if dtype != "float32":
-        _set_unrounded(model, backbone, not is_adapter)
-
-    checks = []
-    for prompt, p_ids, k_greedy in zip(prompts, prompt_ids, keras_greedy):
-        full = p_ids + k_greedy
-        delta = float(np.max(np.abs(_torch_logits(model, full) - forward(full))))
-        hf_greedy = _torch_greedy(model, p_ids, max_new_tokens, stop_ids)
-        check = PromptCheck(
-            prompt=prompt,
-            tokens_match=hf_tokenizer(prompt)["input_ids"] == p_ids,
-            max_abs_logits_diff=delta,
-            keras_greedy=k_greedy,
-            hf_greedy=hf_greedy,
-            greedy_match=hf_greedy == k_greedy,
-        )
-        checks.append(check)
-        if not check.tokens_match:
-            failures.append(f"tokenizer ids differ on {prompt[:30]!r}")
-        if delta > atol:
-            failures.append(f"max |Δlogits| {delta:.3g} > {atol:g} on {prompt[:30]!r}")
-        if not check.greedy_match:
-            failures.append(f"greedy tokens differ on {prompt[:30]!r}")
-
-    mlx_status = "not checked (adapter)" if is_adapter else "skipped"
-    limitation = mlx_limitation(folder_config, max(len(p) for p in prompt_ids) + max_new_tokens)
-    if limitation and check_mlx and not is_adapter:
-        mlx_status = f"skipped: {limitation}"
-    elif check_mlx and not is_adapter:
-        from kerasgemma.export.mlx_check import mlx_greedy
-
-        try:
-            mlx_tokens = mlx_greedy(hf_dir, prompt_ids, max_new_tokens, stop_ids)
-        except Exception as error:  # noqa: BLE001 - reported as a failure, not raised
-            mlx_tokens = error
-        if mlx_tokens is None:
-            mlx_status = "mlx-lm not importable, skipped"
-        elif isinstance(mlx_tokens, Exception):
-            mlx_status = f"mlx-lm FAILED: {type(mlx_tokens).__name__}: {mlx_tokens}"
-            failures.append(mlx_status)
-        else:
-            for check, tokens in zip(checks, mlx_tokens):
-                check.mlx_greedy = tokens
-            same = mlx_tokens == rounded_greedy
-            mlx_status = (
-                "greedy identical to transformers (folder weights, float32)"
-                if same
-                else "greedy DIFFERS from transformers"
-            )
-            if not same:
-                failures.append("mlx-lm greedy tokens differ from transformers'")
-
-    del model
+    model = None  # free the float32 copy before mlx-lm loads its own
+    mlx = "not checked" if not check_mlx else _check_mlx(
+        folder, checks, prompt_ids, rounded_greedy, stop_ids, max_new_tokens, failures
+    )
     report = VerificationReport(
-        passed=not failures,
-        folder=os.path.abspath(report_dir),
-        kind="peft adapter" if is_adapter else "merged",
-        atol=atol,
-        max_new_tokens=max_new_tokens,
-        max_abs_logits_diff=max(c.max_abs_logits_diff for c in checks),
-        weights_dtype=dtype,
-        weights_bit_exact=bit_exact,
-        rounded_max_abs_logits_diff=rounded,
-        prompts=checks,
-        mlx=mlx_status,
-        failures=failures,
-        reference=reference,
+        passed=not failures, folder=os.path.abspath(folder), kind="merged", atol=atol,
+        max_new_tokens=max_new_tokens, max_abs_logits_diff=max(c.max_abs_logits_diff for c in checks),
+        weights_dtype=dtype, weights_bit_exact=bit_exact, rounded_max_abs_logits_diff=rounded,
+        prompts=checks, mlx=mlx, failures=failures, reference=reference,
     )
-    if write_report:
-        write_text_atomic(os.path.join(report_dir, VERIFICATION_REPORT), report.to_json() + "\n")
-    return report
+    return _finish(report, folder, write_report)
+
+
+def verify_adapter(
+    causal_lm,
+    adapter_dir,
+    base_dir,
+    prompts=DEFAULT_PROMPTS,
+    max_new_tokens=16,
+    atol=DEFAULT_ATOL,
+    write_report=True,
+):
+    """Compare a PEFT adapter on its base folder with the Keras model (LoRA enabled).
+
+    Args:
+        causal_lm: the Keras causal LM whose LoRA weights were exported.
+        adapter_dir: str. The PEFT adapter folder.
+        base_dir: str. The base folder (exported with `merge_lora=False`).
+        prompts, max_new_tokens, atol: as for `verify_merged`.
+        write_report: bool. Write `verification.json` into the adapter folder.
+
+    Returns:
+        `VerificationReport`.
+    """
+    import peft
+
+    failures = []
+    dtype, bit_exact = _check_weight_files(base_dir, causal_lm.backbone, False, failures)
+    reference_lm, reference = _float32_model(causal_lm)
+    model = peft.PeftModel.from_pretrained(_load_float32(base_dir), adapter_dir)
+    model.eval()
+
+    def unround():
+        if dtype != "float32":
+            _set_unrounded(model, reference_lm.backbone, False)
+
+    checks, rounded, _ = _compare_prompts(
+        reference_lm, model, base_dir, prompts, max_new_tokens, atol, failures, unround
+    )
+    report = VerificationReport(
+        passed=not failures, folder=os.path.abspath(adapter_dir), kind="peft adapter", atol=atol,
+        max_new_tokens=max_new_tokens, max_abs_logits_diff=max(c.max_abs_logits_diff for c in checks),
+        weights_dtype=dtype, weights_bit_exact=bit_exact, rounded_max_abs_logits_diff=rounded,
+        prompts=checks, mlx="not checked (adapter)", failures=failures, reference=reference,
+    )
+    return _finish(report, adapter_dir, write_report)
+
+
+def verify_export(causal_lm, folder, base_dir=None, **options):
+    """`verify_adapter` for an adapter folder (needs `base_dir`), else `verify_merged`.
+
+    Example:
+    >>> import tempfile
+    >>> from kerasgemma.tiny import build_tiny_causal_lm
+    >>> from kerasgemma.export import export_merged
+    >>> lm = build_tiny_causal_lm("gemma3")
+    >>> folder = export_merged(lm, tempfile.mkdtemp() + "/hf")
+    >>> verify_export(lm, folder, max_new_tokens=2, check_mlx=False).kind
+    'merged'
+    """
+    if os.path.isfile(os.path.join(folder, ADAPTER_CONFIG)):
+        if base_dir is None:
+            raise UserError(f"{folder} is a PEFT adapter: verifying it needs base_dir, the base folder.")
+        return verify_adapter(causal_lm, folder, base_dir, **options)
+    return verify_merged(causal_lm, folder, **options)
 
 
 def read_report(folder):
