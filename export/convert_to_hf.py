@@ -16,7 +16,8 @@ Thin wrapper over `kerasgemma.export` (the same flags as `kerasgemma export`):
     # Try it in seconds on a tiny random model
     python export/convert_to_hf.py tiny:gemma3 /tmp/hf --dtype float32
 
-Exits 1 when verification fails (nothing is pushed then, unless --force-push).
+Exits 1 when verification fails (nothing is pushed then, unless --force-push), 2 on a
+mistake in the input (one line; --debug for the traceback).
 """
 
 import argparse
@@ -26,17 +27,21 @@ import sys
 # Also runs from a clone without `pip install -e .`.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from kerasgemma.commands.export import add_export_arguments, run  # noqa: E402
+from kerasgemma.cli import run_command  # noqa: E402
+from kerasgemma.commands.export import add_export_arguments  # noqa: E402
+from kerasgemma.commands.export import run  # noqa: E402
 
 
 def make_parser():
-    return add_export_arguments(
-        argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="Show the full traceback of any error.")
+    add_export_arguments(parser)
+    parser.set_defaults(run=run)
+    return parser
 
 
 def main(argv=None):
-    return run(make_parser().parse_args(argv))
+    return run_command(make_parser().parse_args(argv), "convert_to_hf.py")
 
 
 if __name__ == "__main__":

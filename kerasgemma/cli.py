@@ -47,21 +47,30 @@ def make_parser():
     return parser
 
 
-def main(argv=None):
-    """Parse `argv`, run the subcommand, return its exit code (2 for a user error)."""
-    args = make_parser().parse_args(argv)
+def run_command(args, name):
+    """Call `args.run(args)`; a `UserError` becomes one line on stderr and exit code 2.
+
+    `args.debug` (`--debug`) lets the traceback through instead. Shared by
+    `kerasgemma` and `export/convert_to_hf.py`.
+    """
     try:
         return args.run(args)
     except UserError as error:
         if args.debug:
             raise
-        print(f"kerasgemma {args.command}: error: {error}", file=sys.stderr)
+        print(f"{name}: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         if args.debug:
             raise
-        print(f"kerasgemma {args.command}: interrupted", file=sys.stderr)
+        print(f"{name}: interrupted", file=sys.stderr)
         return 130
+
+
+def main(argv=None):
+    """Parse `argv`, run the subcommand, return its exit code (2 for a user error)."""
+    args = make_parser().parse_args(argv)
+    return run_command(args, f"kerasgemma {args.command}")
 
 
 if __name__ == "__main__":

@@ -155,3 +155,29 @@ def test_adapter_only(saved, tmp_path):
     assert json.load(open(out / "verification.json"))["passed"]
     assert "base_model: google/gemma-3-270m" in (out / "README.md").read_text()
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".")]  # scratch base removed
+
+
+def test_lora_targets_group_names_work_for_export_as_for_training(tmp_path):
+    """`--lora-targets attention` means the same layers as `lora_targets: attention` in training.
+
+    It used to raise: the export split the flag on commas and passed "attention" as a layer name.
+    """
+    lm = build_tiny_causal_lm("gemma3")
+    preset = str(tmp_path / "preset")
+    lm.save_to_preset(preset)
+    enable_lora(lm, 2, 4, "attention")
+    rng = np.random.default_rng(1)
+    for layer in lm.backbone._flatten_layers():
+        if getattr(layer, "lora_enabled", False):
+            layer.lora_kernel_b.assign(rng.normal(0, 0.3, layer.lora_kernel_b.shape))
+    lora_file = tmp_path / "attention.lora.h5"
+    lm.backbone.save_lora_weights(str(lora_file))
+    out = tmp_path / "hf"
+    code = _script().main([preset, str(out), "--lora", str(lora_file), "--lora-rank", "2", "--lora-alpha", "4",
+                           "--lora-targets", "attention", "--dtype", "float32", "--max-new-tokens", "2",
+                           "--no-mlx", "--no-progress"])
+    assert code == 0
+    report = json.loads((out / "verification.json").read_text())
+    assert report["passed"] and report["max_abs_logits_diff"] < 1e-4
+    card = (out / "README.md").read_text()
+    assert "on query, key, value, attention_output" in card

@@ -20,7 +20,8 @@ import pytest
 import yaml
 
 from kerasgemma import hub
-from kerasgemma.export.verify import REPORT_FILE, PromptCheck, VerificationReport
+from kerasgemma.export.verify import PromptCheck, VerificationReport
+from kerasgemma.files import VERIFICATION_REPORT as REPORT_FILE
 
 TOKEN = "hf_standinSECRETtoken0123456789"
 

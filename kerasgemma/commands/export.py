@@ -15,6 +15,10 @@ pushed unless `--force-push`. The Hub token comes from `HF_TOKEN` or
 
 import argparse
 
+from kerasgemma import hub
+from kerasgemma.export.pipeline import export_and_verify
+from kerasgemma.export.source import load_export_source
+
 DTYPES = ("bfloat16", "float16", "float32")
 
 
@@ -77,10 +81,6 @@ def add_parser(subparsers):
 
 def run(args, log=print):
     """Run an export from parsed arguments; returns the exit code."""
-    from kerasgemma import hub
-    from kerasgemma.export.source import load_export_source
-    from kerasgemma.export.pipeline import export_and_verify
-
     log(f"loading {args.source}")
     source = load_export_source(args.source, lora=args.lora, weights=args.weights, lora_rank=args.lora_rank,
                                  lora_alpha=args.lora_alpha, lora_targets=args.lora_targets)
