@@ -24,6 +24,7 @@ from kerasgemma.backend import ensure_jax_backend
 ensure_jax_backend()
 
 from kerasgemma.config import TrainConfig  # noqa: E402  (after the backend is chosen)
+from kerasgemma.data.chat_format import format_chat  # noqa: E402
 from kerasgemma.data.pipeline import prepare_data  # noqa: E402
 from kerasgemma.export.adapter import export_adapter  # noqa: E402
 from kerasgemma.export.merged import export_merged  # noqa: E402
@@ -33,6 +34,7 @@ from kerasgemma.generate import generate  # noqa: E402
 from kerasgemma.hub import push_to_hub  # noqa: E402
 from kerasgemma.run import Run  # noqa: E402
 from kerasgemma.run import load_run  # noqa: E402
+from kerasgemma.run import plan_distribution  # noqa: E402
 from kerasgemma.run import resume  # noqa: E402
 from kerasgemma.run import start_run  # noqa: E402
 from kerasgemma.run import train  # noqa: E402
@@ -45,8 +47,10 @@ __all__ = [
     "chat",
     "export_adapter",
     "export_merged",
+    "format_chat",
     "generate",
     "load_run",
+    "plan_distribution",
     "prepare_data",
     "push_to_hub",
     "resume",

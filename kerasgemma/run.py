@@ -219,9 +219,23 @@ class Run:
         return folder, report
 
 
-def _build_run(config, run_dir, progress):
-    """Load data and model and build the `Run` for `config` in `run_dir`."""
-    examples = load_data(config, progress=progress)
+def plan_distribution(config, verbose=True):
+    """Preview the device strategy `start_run` will install for `config` (printed with its reason).
+
+    Example:
+    >>> from kerasgemma.config import TrainConfig
+    >>> plan_distribution(TrainConfig(preset="tiny:gemma", distribution="none"), verbose=False).kind
+    'none'
+    """
+    strategy, _ = distribution.plan(
+        config.preset, config.dtype, config.batch_size, config.distribution, config.mesh, verbose=verbose
+    )
+    return strategy
+
+
+def _build_run(config, run_dir, progress, examples=None):
+    """Load data (unless given) and model and build the `Run` for `config` in `run_dir`."""
+    examples = examples or load_data(config, progress=progress)
     causal_lm = build_model(config, examples.texts())
     prepared = prepare_data(config, causal_lm.preprocessor.tokenizer, examples=examples)
     write_json_atomic(Path(run_dir) / files.DATA_REPORT, prepared.summary())
@@ -237,11 +251,13 @@ def _build_run(config, run_dir, progress):
     return Run(Path(run_dir), config, trainer, prepared)
 
 
-def start_run(config, run_dir=None, progress=True):
+def start_run(config, run_dir=None, progress=True, examples=None):
     """Create the run folder, save the config, load data and model; returns a `Run` to `fit()`.
 
     The output folder is checked before anything is loaded, so a bad
-    `output_dir` costs a second, not a model download.
+    `output_dir` costs a second, not a model download. `examples`: the
+    `SplitExamples` of an earlier `prepare_data(config)`, so they are not
+    read again.
     """
     if run_dir:
         run_dir = Path(run_dir)
@@ -250,7 +266,7 @@ def start_run(config, run_dir=None, progress=True):
     else:
         run_dir = create_run_dir(config.output_dir)
     config.save(run_dir / files.RUN_CONFIG)
-    return _build_run(config, run_dir, progress)
+    return _build_run(config, run_dir, progress, examples)
 
 
 def train(config, run_dir=None, progress=True):
