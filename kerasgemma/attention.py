@@ -1,7 +1,7 @@
 """Attention that respects example boundaries in packed rows.
 
 keras-hub's Gemma decoder blocks build their attention mask from a 1-D
-`padding_mask` only (shared DESIGN.md), so a packed row — several examples
+`padding_mask` only (docs/facts.md#packing), so a packed row — several examples
 side by side — would let each example attend to the ones before it.
 `packed_attention` keeps keras-hub's layers and weights and makes every
 block's mask the segment-causal mask: position i may attend to position j

@@ -22,7 +22,7 @@ from kerasgemma.run import start_run
 SAMPLE_DATA = Path(__file__).parent / "data" / "sample" / "hc3_baike_sample.jsonl"
 
 # Sized for a 2-core CPU (about 100 tokens/s for the 270M model in float32,
-# shared DESIGN.md): two passes over ~290 short Q&A pairs packed into rows of
+# docs/facts.md#offline-model): two passes over ~290 short Q&A pairs packed into rows of
 # 256 tokens take a few minutes. Why two passes and LoRA on every linear
 # layer: the base model never saw `<end_of_turn>`, whose embedding is as
 # untrained as the `<unusedN>` tokens'; after one pass with LoRA on attention

@@ -31,7 +31,7 @@ def resolve_dtype(dtype):
     """Pick the weight dtype: "auto" means bfloat16 on GPU/TPU, float32 on CPU.
 
     bfloat16 base weights train twice as fast in half the memory of float32
-    on an H100 (shared DESIGN.md); on CPU bfloat16 matmuls are slow.
+    on an H100 (docs/facts.md#precision); on CPU bfloat16 matmuls are slow.
 
     Example:
     >>> resolve_dtype("float32")

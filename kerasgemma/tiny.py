@@ -2,7 +2,7 @@
 
 Used by the fast tests and as a stand-in wherever a real checkpoint is not
 needed. The tokenizer is trained with the settings that matter for parity
-with Hugging Face (shared DESIGN.md: a default SentencePiece model tokenizes
+with Hugging Face (docs/facts.md#tokenizers: a default SentencePiece model tokenizes
 Chinese differently in Keras and in transformers): identity normalizer, no
 dummy prefix, byte fallback, split digits, whitespace-only pieces, and the
 turn markers as user-defined pieces. Special ids follow Gemma: pad=0, eos=1,

@@ -95,7 +95,7 @@ def test_sharding_writes_index_and_single_file(tmp_path):
 
 
 def test_keras_hub_exporter_fails_our_verification(tmp_path):
-    """keras-hub 0.32's own exporter drops LoRA (DESIGN.md); verify catches it."""
+    """keras-hub 0.32's own exporter drops LoRA (docs/facts.md#keras-hub-exporter); verify catches it."""
     lm = lora_model("gemma")
     folder = tmp_path / "keras_hub_export"
     lm.export_to_transformers(str(folder))

@@ -7,7 +7,7 @@ hide a regression nor be touched by the tests. It costs about a minute.
 
 The reference is transformers' own GGUF loader on the same file (its own
 dequantization, name mapping and 1 + w norm handling), so a mistake in our
-mapping cannot cancel out. Both run in float32 (shared DESIGN.md: compare
+mapping cannot cancel out. Both run in float32 (docs/facts.md#precision: compare
 exports in float32).
 """
 

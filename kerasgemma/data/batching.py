@@ -1,7 +1,7 @@
 """Turn tokenized examples into fixed-shape training batches: packed, bucketed or padded.
 
 Padding every example to `sequence_length` (the reference notebooks' recipe)
-spends most of each step on padding for HC3-like lengths (shared DESIGN.md:
+spends most of each step on padding for HC3-like lengths (docs/facts.md#packing:
 12.4k useful of 49.6k computed tokens/s on an H100). "pack" (the default)
 puts several examples in one row; "bucket" pads each example only to the next
 of a few lengths (powers of two), so JAX compiles few shapes; "pad" is the
@@ -16,9 +16,11 @@ A batch is a dict of NumPy arrays, all `(batch_size, length)`:
 target carries loss, 0.0 at padding and prompt tokens) and `segment_ids`
 (int32: 0 = padding, 1, 2, ... = which example of the row). The model must
 let position i attend to j only if j <= i and `segment_ids[i] ==
-segment_ids[j] != 0` (`kerasgemma.forward`). There is no positions array:
-RoPE in keras-hub is relative, so once cross-example attention is masked out
-each example's scores are the same whatever its offset in the row.
+segment_ids[j] != 0` (`kerasgemma.forward`). Positions restart at 0 for each
+example (`kerasgemma.attention.segment_positions`): RoPE is relative in exact arithmetic, but in
+bfloat16 an example packed after others came out ~0.05 off the same example
+alone (docs/facts.md#packing), so each example gets the positions it has at
+generation time.
 """
 
 import bisect

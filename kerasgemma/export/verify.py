@@ -4,7 +4,7 @@ What is compared, per prompt: the token ids (Keras tokenizer vs the folder's
 transformers tokenizer), the logits over prompt + greedy continuation (max
 |Δ| must stay under `atol`), and the greedy tokens themselves (identical).
 Everything runs in float32: in bfloat16 a correct conversion's greedy text
-drifts apart after 30-50 tokens (shared DESIGN.md), which would look like a
+drifts apart after 30-50 tokens (docs/facts.md#precision), which would look like a
 bug that is not there. A Keras model held in bfloat16 is compared through a
 float32 copy of its weights (`float32_reference`, 2x its memory).
 

@@ -1,8 +1,8 @@
 """Map Keras Gemma weights to Hugging Face tensor names and layouts.
 
 The inverse of keras-hub's `convert_gemma.py` / `convert_gemma3.py`, with
-three things keras-hub 0.32's own exporter gets wrong done right (shared
-DESIGN.md): kernels are read through `layer.kernel` so LoRA is merged (the
+three things keras-hub 0.32's own exporter gets wrong done right (docs/facts.md
+#keras-hub-exporter): kernels are read through `layer.kernel` so LoRA is merged (the
 exporter reads the frozen base and drops LoRA), every key/value head is kept
 (it keeps only the first), and Gemma 2 norms get their Gemma 2 names.
 

@@ -2,7 +2,7 @@
 
 keras-hub already converts Hugging Face Gemma 3 checkpoints to Keras
 (`Gemma3CausalLM.from_preset(folder)`), and that converter matched
-transformers' logits to 6e-5 on this model (shared DESIGN.md). So instead of
+transformers' logits to 6e-5 on this model (docs/facts.md#offline-model). So instead of
 mapping GGUF tensors onto Keras variables by hand, this module only undoes
 what llama.cpp did when it wrote the GGUF, and lets keras-hub do the rest:
 

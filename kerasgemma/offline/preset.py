@@ -76,7 +76,7 @@ def convert_gguf_to_preset(gguf_file, preset_dir, progress=True):
         if progress:
             print("Converting to Keras with keras-hub...", file=sys.stderr)
         # float32: the weights are dequantized values, and parity with
-        # transformers is checked in float32 (shared DESIGN.md).
+        # transformers is checked in float32 (docs/facts.md#precision).
         causal_lm = keras_hub.models.Gemma3CausalLM.from_preset(
             hf_dir, dtype="float32"
         )
