@@ -148,6 +148,7 @@ class Run:
     >>> config = TrainConfig(preset="tiny:gemma3", data=str(SAMPLE_DATA), max_steps=1,
     ...                      sequence_length=64, output_dir=tempfile.mkdtemp())
     >>> run = start_run(config, progress=False)
+    Devices: ...
     >>> run.fit()["step"], run.save_lora().name
     (1, 'adapter.lora.h5')
     """

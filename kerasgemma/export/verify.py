@@ -385,9 +385,17 @@ def _check_mlx(folder, checks, prompt_ids, rounded_greedy, stop_ids, max_new_tok
     return "greedy identical to transformers (folder weights, float32)"
 
 
-def _finish(report, report_dir, write_report):
+def _finish(folder, write_report, checks, weights, rounded, failures, **fields):
+    """The `VerificationReport` of a finished check, written into `folder` if asked."""
+    dtype, bit_exact = weights
+    report = VerificationReport(
+        passed=not failures, folder=os.path.abspath(folder),
+        max_abs_logits_diff=max(check.max_abs_logits_diff for check in checks),
+        weights_dtype=dtype, weights_bit_exact=bit_exact, rounded_max_abs_logits_diff=rounded,
+        prompts=checks, failures=failures, **fields,
+    )
     if write_report:
-        write_text_atomic(os.path.join(report_dir, VERIFICATION_REPORT), report.to_json() + "\n")
+        write_text_atomic(os.path.join(folder, VERIFICATION_REPORT), report.to_json() + "\n")
     return report
 
 
@@ -440,13 +448,10 @@ def verify_merged(
     mlx = "not checked" if not check_mlx else _check_mlx(
         folder, checks, prompt_ids, rounded_greedy, stop_ids, max_new_tokens, failures
     )
-    report = VerificationReport(
-        passed=not failures, folder=os.path.abspath(folder), kind="merged", atol=atol,
-        max_new_tokens=max_new_tokens, max_abs_logits_diff=max(c.max_abs_logits_diff for c in checks),
-        weights_dtype=dtype, weights_bit_exact=bit_exact, rounded_max_abs_logits_diff=rounded,
-        prompts=checks, mlx=mlx, failures=failures, reference=reference,
+    return _finish(
+        folder, write_report, kind="merged", atol=atol, max_new_tokens=max_new_tokens, checks=checks,
+        weights=(dtype, bit_exact), rounded=rounded, mlx=mlx, failures=failures, reference=reference,
     )
-    return _finish(report, folder, write_report)
 
 
 def verify_adapter(
@@ -485,26 +490,24 @@ def verify_adapter(
     checks, rounded, _ = _compare_prompts(
         reference_lm, model, base_dir, prompts, max_new_tokens, atol, failures, unround
     )
-    report = VerificationReport(
-        passed=not failures, folder=os.path.abspath(adapter_dir), kind="peft adapter", atol=atol,
-        max_new_tokens=max_new_tokens, max_abs_logits_diff=max(c.max_abs_logits_diff for c in checks),
-        weights_dtype=dtype, weights_bit_exact=bit_exact, rounded_max_abs_logits_diff=rounded,
-        prompts=checks, mlx="not checked (adapter)", failures=failures, reference=reference,
+    return _finish(
+        adapter_dir, write_report, kind="peft adapter", atol=atol, max_new_tokens=max_new_tokens, checks=checks,
+        weights=(dtype, bit_exact), rounded=rounded, mlx="not checked (adapter)", failures=failures,
+        reference=reference,
     )
-    return _finish(report, adapter_dir, write_report)
 
 
 def verify_export(causal_lm, folder, base_dir=None, **options):
     """`verify_adapter` for an adapter folder (needs `base_dir`), else `verify_merged`.
 
     Example:
-    >>> import tempfile
-    >>> from kerasgemma.tiny import build_tiny_causal_lm
-    >>> from kerasgemma.export import export_merged
-    >>> lm = build_tiny_causal_lm("gemma3")
-    >>> folder = export_merged(lm, tempfile.mkdtemp() + "/hf")
-    >>> verify_export(lm, folder, max_new_tokens=2, check_mlx=False).kind
-    'merged'
+    >>> import pathlib, tempfile
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (folder / "adapter_config.json").write_text("{}")
+    >>> verify_export(None, str(folder))
+    Traceback (most recent call last):
+    ...
+    kerasgemma.errors.UserError: ... is a PEFT adapter: verifying it needs base_dir, the base folder.
     """
     if os.path.isfile(os.path.join(folder, ADAPTER_CONFIG)):
         if base_dir is None:
