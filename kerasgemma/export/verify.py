@@ -28,7 +28,11 @@ import numpy as np
 
 from kerasgemma.export.folder import write_text_atomic
 from kerasgemma.export.safetensors_io import cast, read_weight_map
-from kerasgemma.export.tokenizer_files import special_token_ids
+from kerasgemma.export.tokenizer_files import (
+    special_token_ids,
+    stop_token_ids,
+    turn_markers,
+)
 from kerasgemma.export.weights import hf_tensors
 
 REPORT_FILE = "verification.json"
@@ -39,6 +43,21 @@ DEFAULT_PROMPTS = (
     "The quick brown fox",
 )
 DEFAULT_ATOL = 1e-3
+
+
+def default_prompts(tokenizer):
+    """`DEFAULT_PROMPTS` with the turn markers of the tokenizer's generation.
+
+    Example:
+    >>> from kerasgemma.tiny import build_tiny_causal_lm
+    >>> default_prompts(build_tiny_causal_lm("gemma4").preprocessor.tokenizer)[1][:12]
+    '<|turn>user\n'
+    """
+    start, end = turn_markers(tokenizer)
+    return tuple(
+        p.replace("<start_of_turn>", start).replace("<end_of_turn>", end)
+        for p in DEFAULT_PROMPTS
+    )
 
 
 @dataclasses.dataclass
@@ -140,10 +159,17 @@ def keras_forward(causal_lm, length):
 
     trainable = [v.value for v in causal_lm.trainable_variables]
     non_trainable = [v.value for v in causal_lm.non_trainable_variables]
+    # Gemma 4 backbones take explicit positions (0..n-1, what transformers
+    # uses for one unpadded sequence); Gemma 1-3 derive them.
+    backbone_inputs = causal_lm.backbone.input
+    needs_positions = isinstance(backbone_inputs, dict) and "position_ids" in backbone_inputs
 
     @jax.jit
     def call(trainable, non_trainable, token_ids, padding_mask):
         inputs = {"token_ids": token_ids, "padding_mask": padding_mask}
+        if needs_positions:
+            positions = jax.numpy.arange(token_ids.shape[1], dtype="int32")
+            inputs["position_ids"] = jax.numpy.broadcast_to(positions, token_ids.shape)
         logits, _ = causal_lm.stateless_call(trainable, non_trainable, inputs)
         return logits.astype("float32")
 
@@ -300,7 +326,7 @@ def mlx_limitation(config, longest):
 def verify_export(
     causal_lm,
     hf_dir,
-    prompts=DEFAULT_PROMPTS,
+    prompts=None,
     max_new_tokens=16,
     atol=DEFAULT_ATOL,
     adapter_dir=None,
@@ -314,7 +340,8 @@ def verify_export(
         causal_lm: the Keras causal LM that was exported (LoRA enabled).
         hf_dir: str. The merged folder, or the adapter folder when
             `adapter_dir` is given (then pass the same path or None).
-        prompts: sequence of str. Fixed prompts (a bos id is prepended).
+        prompts: sequence of str or None. Fixed prompts (a bos id is
+            prepended); None for `default_prompts(tokenizer)`.
         max_new_tokens: int. Greedy tokens generated and compared.
         atol: float. Largest allowed max |Δlogits| in float32.
         adapter_dir: str or None. A PEFT adapter folder to check on top of
@@ -355,7 +382,9 @@ def verify_export(
     backbone = causal_lm.backbone
     keras_tokenizer = causal_lm.preprocessor.tokenizer
     ids = special_token_ids(keras_tokenizer)
-    stop_ids = {ids["<eos>"], ids["<end_of_turn>"]}
+    stop_ids = set(stop_token_ids(keras_tokenizer))
+    if prompts is None:
+        prompts = default_prompts(keras_tokenizer)
     failures = []
 
     with open(os.path.join(model_dir, "config.json")) as f:
