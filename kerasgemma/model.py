@@ -77,7 +77,22 @@ def load_causal_lm(preset, dtype="auto", sequence_length=None, texts=()):
     kwargs = {"dtype": dtype}
     if sequence_length:
         kwargs["sequence_length"] = sequence_length
-    return keras_hub.models.CausalLM.from_preset(preset, **kwargs)
+    return _causal_lm_class(preset).from_preset(preset, **kwargs)
+
+
+def _causal_lm_class(preset):
+    # keras-hub 0.32's `CausalLM.from_preset` resolves a Gemma 4 preset to
+    # Gemma4AssistantCausalLM (it also declares Gemma4Backbone) and fails:
+    # "missing 4 required positional arguments: 'backbone_hidden_size', ...".
+    from keras_hub.src.utils.preset_utils import CONFIG_FILE, load_json
+
+    try:
+        class_name = load_json(preset, CONFIG_FILE)["class_name"]
+    except Exception:  # noqa: BLE001 - let from_preset report a bad preset
+        return keras_hub.models.CausalLM
+    if class_name == "Gemma4Backbone":
+        return keras_hub.models.Gemma4CausalLM
+    return keras_hub.models.CausalLM
 
 
 def resolve_lora_targets(targets):
