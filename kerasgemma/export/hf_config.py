@@ -14,11 +14,12 @@ ARCHITECTURES = {
     "gemma": ("GemmaForCausalLM", "gemma"),
     "gemma2": ("Gemma2ForCausalLM", "gemma2"),
     "gemma3": ("Gemma3ForCausalLM", "gemma3_text"),
+    "gemma4": ("Gemma4ForCausalLM", "gemma4_text"),
 }
 
 
 def detect_architecture(backbone):
-    """Which Gemma generation a Keras backbone is: "gemma", "gemma2", "gemma3".
+    """Which Gemma generation a Keras backbone is: "gemma" to "gemma4".
 
     keras-hub uses one `GemmaBackbone` class for Gemma 1 and 2; a Gemma 2
     backbone is the one with post-attention/post-FFW norms.
@@ -31,6 +32,9 @@ def detect_architecture(backbone):
     >>> detect_architecture(build_tiny_causal_lm("gemma2").backbone)
     'gemma2'
     """
+    if isinstance(backbone, keras_hub.models.Gemma4Backbone):
+        _require_gemma4_text(backbone)
+        return "gemma4"
     if isinstance(backbone, keras_hub.models.Gemma3Backbone):
         if backbone.vision_encoder is not None:
             raise ValueError(
@@ -71,9 +75,55 @@ def detect_architecture(backbone):
             )
         return "gemma"
     raise TypeError(
-        "Expected a keras_hub GemmaBackbone or Gemma3Backbone, got "
+        "Expected a keras_hub GemmaBackbone, Gemma3Backbone or Gemma4Backbone, got "
         f"{type(backbone).__name__}."
     )
+
+
+def _require_gemma4_text(backbone):
+    """Refuse a Gemma 4 backbone `Gemma4ForCausalLM` cannot reproduce."""
+    if backbone.vision_encoder is not None or backbone.audio_encoder is not None:
+        # keras-hub's Gemma 4 presets are all multimodal. Exporting only the
+        # text tower would silently drop the towers the checkpoint was
+        # trained with, so it is refused rather than done half.
+        raise ValueError(
+            "Only text-only Gemma 4 backbones can be exported (this one has a "
+            "vision or audio encoder); Gemma4ForConditionalGeneration export "
+            "is not supported."
+        )
+    if backbone.use_bidirectional_attention or backbone.is_embedding_model:
+        raise ValueError(
+            "Gemma 4 embedding models (bidirectional attention) are not "
+            "causal LMs and cannot be exported as Gemma4ForCausalLM."
+        )
+    if backbone.attention_logit_soft_cap is not None:
+        raise ValueError(
+            "Gemma4ForCausalLM has no attention logit soft-cap; this backbone "
+            f"sets {backbone.attention_logit_soft_cap}."
+        )
+    if not backbone.use_sliding_window_attention:
+        raise ValueError(
+            "Gemma4ForCausalLM always slides its sliding_attention layers; "
+            "this backbone has use_sliding_window_attention=False."
+        )
+    if backbone.num_kv_shared_layers >= backbone.num_layers:
+        raise ValueError(
+            "A Gemma 4 assistant (every layer shares K/V) is not a causal LM "
+            "on its own and cannot be exported."
+        )
+    if _layer_types(backbone)[-1] != "full_attention":
+        # transformers rewrites the last layer to full attention (with a
+        # warning): the folder would compute something else.
+        raise ValueError("Gemma4ForCausalLM needs the last layer to be global.")
+    for block in _decoder_blocks(backbone):
+        attention = block.attention
+        factor = attention.rope_partial_rotary_factor
+        hf_rotary = 2 * int(factor * attention.head_dim // 2)
+        if attention.rotary_dim != hf_rotary:
+            raise ValueError(
+                f"{block.name} rotates {attention.rotary_dim} of "
+                f"{attention.head_dim} dims; transformers would rotate {hf_rotary}."
+            )
 
 
 def _require_post_norms(backbone, name):
@@ -107,8 +157,14 @@ def _query_pre_attn_scalar(backbone):
 
 
 def _layer_types(backbone):
+    # Gemma 4 blocks record the type itself (a local layer of a backbone
+    # without sliding windows is still "sliding_attention" to its rope).
     return [
-        "sliding_attention" if b.use_sliding_window_attention else "full_attention"
+        (
+            ("full_attention" if b.is_global_attention else "sliding_attention")
+            if hasattr(b, "is_global_attention")
+            else ("sliding_attention" if b.use_sliding_window_attention else "full_attention")
+        )
         for b in _decoder_blocks(backbone)
     ]
 
@@ -140,6 +196,70 @@ def _rope_parameters(backbone):
     return parameters
 
 
+def _rope_entry(rope_type, theta, factor, **extra):
+    entry = {"rope_type": rope_type, "rope_theta": float(theta), **extra}
+    if factor != 1.0:
+        entry["factor"] = float(factor)  # positions / factor, like Keras
+    return entry
+
+
+def _gemma4_settings(backbone):
+    """The `gemma4_text` keys beyond those every Gemma config has.
+
+    keras-hub 0.32's own Gemma 4 exporter omits `rope_type: proportional`
+    (measured: max |Δlogits| 6e-2 with global_head_dim and partial rotary
+    0.25) and `attention_k_eq_v` (transformers refuses the folder: v_proj
+    missing, k_proj size mismatch); both are written here.
+    """
+    blocks = _decoder_blocks(backbone)
+    layer_types = _layer_types(backbone)
+    global_block = blocks[layer_types.index("full_attention")]
+    local_blocks = [b for b, t in zip(blocks, layer_types) if t == "sliding_attention"]
+    local_block = local_blocks[0] if local_blocks else None
+    k_eq_v = any(b.attention.attention_k_eq_v for b in blocks)
+    return dict(
+        global_head_dim=global_block.attention.head_dim,
+        num_global_key_value_heads=(
+            backbone.num_global_key_value_heads or backbone.num_key_value_heads
+        ),
+        attention_k_eq_v=k_eq_v,
+        layer_types=layer_types,
+        sliding_window=backbone.sliding_window_size,
+        final_logit_softcapping=backbone.final_logit_soft_cap,
+        rope_parameters={
+            # Proportional = partial rotary that keeps head_dim-wide cos/sin,
+            # what Keras' rope_partial_rotary_factor computes.
+            "full_attention": _rope_entry(
+                "proportional",
+                global_block.rope_wavelength,
+                global_block.rope_scaling_factor,
+                partial_rotary_factor=float(global_block.rope_partial_rotary_factor),
+            ),
+            "sliding_attention": (
+                _rope_entry(
+                    "default" if local_block.rope_scaling_factor == 1.0 else "linear",
+                    local_block.rope_wavelength,
+                    local_block.rope_scaling_factor,
+                )
+                if local_block
+                else {"rope_type": "default", "rope_theta": 10_000.0}
+            ),
+        },
+        hidden_size_per_layer_input=backbone.hidden_size_per_layer_input,
+        vocab_size_per_layer_input=(
+            backbone.vocab_size_per_layer_input or backbone.vocabulary_size
+        ),
+        num_kv_shared_layers=backbone.num_kv_shared_layers,
+        use_double_wide_mlp=bool(backbone.use_double_wide_mlp),
+        enable_moe_block=bool(backbone.enable_moe_block),
+        num_experts=backbone.num_experts,
+        moe_intermediate_size=backbone.expert_intermediate_dim,
+        top_k_experts=backbone.num_experts_per_token if backbone.enable_moe_block else None,
+        use_bidirectional_attention=None,
+        max_position_embeddings=131_072,
+    )
+
+
 def _sliding_window_pattern(layer_types):
     # mlx-lm reads an int pattern (layer i is global when (i+1) % n == 0),
     # transformers reads layer_types; write both, and the int only if exact.
@@ -158,7 +278,7 @@ def hf_config(backbone, tokenizer, dtype="bfloat16"):
     """The transformers `config.json` dict for a Keras Gemma backbone.
 
     Args:
-        backbone: `keras_hub.models.GemmaBackbone` or `Gemma3Backbone`.
+        backbone: a text-only keras-hub Gemma 1–4 backbone.
         tokenizer: the matching keras-hub Gemma tokenizer (special token ids).
         dtype: str. Dtype of the written weights ("bfloat16", "float32", ...).
 
@@ -180,7 +300,7 @@ def hf_config(backbone, tokenizer, dtype="bfloat16"):
         # Gemma 1/2 Keras blocks split intermediate_dim between gate and up.
         "intermediate_size": (
             backbone.intermediate_dim
-            if architecture == "gemma3"
+            if architecture in ("gemma3", "gemma4")
             else backbone.intermediate_dim // 2
         ),
         "num_hidden_layers": backbone.num_layers,
@@ -201,6 +321,9 @@ def hf_config(backbone, tokenizer, dtype="bfloat16"):
     }
     if architecture == "gemma":
         config.update(max_position_embeddings=8192, rope_theta=10_000.0)
+        return config
+    if architecture == "gemma4":
+        config.update(_gemma4_settings(backbone))
         return config
     layer_types = _layer_types(backbone)
     config.update(

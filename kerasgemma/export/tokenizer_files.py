@@ -22,6 +22,15 @@ from kerasgemma.files import TOKENIZER_MODEL
 
 START_OF_TURN = "<start_of_turn>"
 END_OF_TURN = "<end_of_turn>"
+# Gemma 4's markers besides the turn ones; written as special tokens when
+# the vocabulary has them. `<|tool_response>` also ends a generation.
+GEMMA4_MARKERS = (
+    "<|think|>", "<|channel>", "<channel|>", "<|tool>", "<tool|>",
+    "<|tool_call>", "<tool_call|>", "<|tool_response>", "<tool_response|>",
+    '<|"|>', "<|image>", "<|image|>", "<image|>", "<|audio>", "<|audio|>",
+    "<audio|>", "<|video|>",
+)
+GEMMA4_EXTRA_STOP = "<|tool_response>"
 _SPECIAL = {
     "bos_token": "<bos>",
     "eos_token": "<eos>",
@@ -40,12 +49,51 @@ PROBE_TEXTS = (
 )
 
 
-def _default_chat_template():
-    # One copy of Gemma's template lives with the data formatter that
+def is_gemma4_tokenizer(tokenizer):
+    """True for a keras-hub `Gemma4Tokenizer` (`<|turn>` markers)."""
+    return type(tokenizer).__name__ == "Gemma4Tokenizer"
+
+
+def turn_markers(tokenizer):
+    """`(start, end)` turn markers of this tokenizer's Gemma generation.
+
+    Example:
+    >>> from kerasgemma.tiny import build_tiny_causal_lm
+    >>> turn_markers(build_tiny_causal_lm("gemma4").preprocessor.tokenizer)
+    ('<|turn>', '<turn|>')
+    """
+    if is_gemma4_tokenizer(tokenizer):
+        from kerasgemma.data.gemma4_chat_template import (
+            GEMMA4_END_OF_TURN,
+            GEMMA4_START_OF_TURN,
+        )
+
+        return GEMMA4_START_OF_TURN, GEMMA4_END_OF_TURN
+    return START_OF_TURN, END_OF_TURN
+
+
+def _default_chat_template(tokenizer):
+    # One copy of each template lives with the data formatter that
     # produced the training text; the exported one must be the same string.
+    if is_gemma4_tokenizer(tokenizer):
+        from kerasgemma.data.gemma4_chat_template import GEMMA4_CHAT_TEMPLATE
+
+        return GEMMA4_CHAT_TEMPLATE
     from kerasgemma.data.chat_template import GEMMA_CHAT_TEMPLATE
 
     return GEMMA_CHAT_TEMPLATE
+
+
+def _has_token(tokenizer, token):
+    token_id = tokenizer.token_to_id(token)
+    return token_id is not None and tokenizer.id_to_token(token_id) == token
+
+
+def _additional_special_tokens(tokenizer):
+    markers = list(turn_markers(tokenizer))
+    if is_gemma4_tokenizer(tokenizer):
+        markers += [m for m in GEMMA4_MARKERS if _has_token(tokenizer, m)]
+    return markers
 
 
 def _token_id(tokenizer, token):
@@ -65,8 +113,26 @@ def special_token_ids(tokenizer):
     >>> ids["<bos>"], ids["<eos>"], ids["<end_of_turn>"] == tokenizer.token_to_id("<end_of_turn>")
     (2, 1, True)
     """
-    tokens = list(_SPECIAL.values()) + [START_OF_TURN, END_OF_TURN]
+    tokens = list(_SPECIAL.values()) + _additional_special_tokens(tokenizer)
     return {token: _token_id(tokenizer, token) for token in tokens}
+
+
+def stop_token_ids(tokenizer):
+    """Ids that end a generation: `<eos>`, the end-of-turn marker and, for
+    Gemma 4, `<|tool_response>` (Google's Gemma 4 generation config stops on
+    all three).
+
+    Example:
+    >>> from kerasgemma.tiny import build_tiny_causal_lm
+    >>> tokenizer = build_tiny_causal_lm("gemma4").preprocessor.tokenizer
+    >>> stop_token_ids(tokenizer)[1] == tokenizer.token_to_id("<turn|>")
+    True
+    """
+    ids = special_token_ids(tokenizer)
+    stops = [ids["<eos>"], ids[turn_markers(tokenizer)[1]]]
+    if GEMMA4_EXTRA_STOP in ids:
+        stops.append(ids[GEMMA4_EXTRA_STOP])
+    return stops
 
 
 def tokenizer_config(tokenizer, chat_template=None, model_max_length=8192):
@@ -74,7 +140,8 @@ def tokenizer_config(tokenizer, chat_template=None, model_max_length=8192):
 
     Args:
         tokenizer: keras-hub Gemma tokenizer.
-        chat_template: str or None. Jinja template; None for Gemma's.
+        chat_template: str or None. Jinja template; None for the template
+            of the tokenizer's Gemma generation.
         model_max_length: int. Longest input the tokenizer reports.
     """
     ids = special_token_ids(tokenizer)
@@ -92,7 +159,7 @@ def tokenizer_config(tokenizer, chat_template=None, model_max_length=8192):
     return {
         "tokenizer_class": "GemmaTokenizer",
         **_SPECIAL,
-        "additional_special_tokens": [START_OF_TURN, END_OF_TURN],
+        "additional_special_tokens": _additional_special_tokens(tokenizer),
         "added_tokens_decoder": added,
         "add_bos_token": True,
         "add_eos_token": False,
@@ -100,13 +167,13 @@ def tokenizer_config(tokenizer, chat_template=None, model_max_length=8192):
         "spaces_between_special_tokens": False,
         "model_max_length": model_max_length,
         "chat_template": (
-            chat_template if chat_template is not None else _default_chat_template()
+            chat_template if chat_template is not None else _default_chat_template(tokenizer)
         ),
     }
 
 
 def generation_config(tokenizer):
-    """`generation_config.json`: stop on `<eos>` or `<end_of_turn>`.
+    """`generation_config.json`: stop on `<eos>` or the end of a turn.
 
     Example:
     >>> from kerasgemma.tiny import build_tiny_causal_lm
@@ -118,7 +185,7 @@ def generation_config(tokenizer):
     ids = special_token_ids(tokenizer)
     return {
         "bos_token_id": ids["<bos>"],
-        "eos_token_id": [ids["<eos>"], ids[END_OF_TURN]],
+        "eos_token_id": stop_token_ids(tokenizer),
         "pad_token_id": ids["<pad>"],
     }
 
@@ -142,7 +209,7 @@ def write_tokenizer_files(tokenizer, output_dir, chat_template=None):
     write_json_atomic(os.path.join(output_dir, TOKENIZER_CONFIG), config)
     write_json_atomic(
         os.path.join(output_dir, SPECIAL_TOKENS_MAP),
-        {**_SPECIAL, "additional_special_tokens": [START_OF_TURN, END_OF_TURN]},
+        {**_SPECIAL, "additional_special_tokens": _additional_special_tokens(tokenizer)},
     )
     write_json_atomic(os.path.join(output_dir, GENERATION_CONFIG), generation_config(tokenizer))
     written = [TOKENIZER_MODEL, TOKENIZER_CONFIG, SPECIAL_TOKENS_MAP, GENERATION_CONFIG]

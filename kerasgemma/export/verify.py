@@ -29,7 +29,11 @@ import numpy as np
 from kerasgemma.atomic import read_json
 from kerasgemma.atomic import write_text_atomic
 from kerasgemma.export.safetensors_io import cast, read_weight_map
-from kerasgemma.export.tokenizer_files import special_token_ids
+from kerasgemma.export.tokenizer_files import (
+    special_token_ids,
+    stop_token_ids,
+    turn_markers,
+)
 from kerasgemma.export.weights import hf_tensors
 from kerasgemma.errors import UserError
 from kerasgemma.export.mlx_check import mlx_greedy
@@ -44,6 +48,21 @@ DEFAULT_PROMPTS = (
     "The quick brown fox",
 )
 DEFAULT_ATOL = 1e-3
+
+
+def default_prompts(tokenizer):
+    """`DEFAULT_PROMPTS` with the turn markers of the tokenizer's generation.
+
+    Example:
+    >>> from kerasgemma.tiny import build_tiny_causal_lm
+    >>> default_prompts(build_tiny_causal_lm("gemma4").preprocessor.tokenizer)[1][:12]
+    '<|turn>user\n'
+    """
+    start, end = turn_markers(tokenizer)
+    return tuple(
+        p.replace("<start_of_turn>", start).replace("<end_of_turn>", end)
+        for p in DEFAULT_PROMPTS
+    )
 
 
 @dataclasses.dataclass
@@ -145,10 +164,17 @@ def keras_forward(causal_lm, length):
 
     trainable = [v.value for v in causal_lm.trainable_variables]
     non_trainable = [v.value for v in causal_lm.non_trainable_variables]
+    # Gemma 4 backbones take explicit positions (0..n-1, what transformers
+    # uses for one unpadded sequence); Gemma 1-3 derive them.
+    backbone_inputs = causal_lm.backbone.input
+    needs_positions = isinstance(backbone_inputs, dict) and "position_ids" in backbone_inputs
 
     @jax.jit
     def call(trainable, non_trainable, token_ids, padding_mask):
         inputs = {"token_ids": token_ids, "padding_mask": padding_mask}
+        if needs_positions:
+            positions = jax.numpy.arange(token_ids.shape[1], dtype="int32")
+            inputs["position_ids"] = jax.numpy.broadcast_to(positions, token_ids.shape)
         logits, _ = causal_lm.stateless_call(trainable, non_trainable, inputs)
         return logits.astype("float32")
 
@@ -331,7 +357,8 @@ def _compare_prompts(causal_lm, model, tokenizer_dir, prompts, max_new_tokens, a
 
     keras_tokenizer = causal_lm.preprocessor.tokenizer
     ids = special_token_ids(keras_tokenizer)
-    stop_ids = {ids["<eos>"], ids["<end_of_turn>"]}
+    stop_ids = set(stop_token_ids(keras_tokenizer))
+    prompts = prompts or default_prompts(keras_tokenizer)
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
     prompt_ids = [[ids["<bos>"]] + [int(t) for t in keras_tokenizer(p)] for p in prompts]
     forward = keras_forward(causal_lm, max(map(len, prompt_ids)) + max_new_tokens)
@@ -402,7 +429,7 @@ def _finish(folder, write_report, checks, weights, rounded, failures, **fields):
 def verify_merged(
     causal_lm,
     folder,
-    prompts=DEFAULT_PROMPTS,
+    prompts=None,
     max_new_tokens=16,
     atol=DEFAULT_ATOL,
     check_mlx=True,
@@ -413,7 +440,8 @@ def verify_merged(
     Args:
         causal_lm: the Keras causal LM that was exported.
         folder: str. The merged folder.
-        prompts: sequence of str. Fixed prompts (a bos id is prepended).
+        prompts: sequence of str or None. Fixed prompts (a bos id is
+            prepended); None for `default_prompts(tokenizer)`.
         max_new_tokens: int. Greedy tokens generated and compared.
         atol: float. Largest allowed max |Δlogits| in float32.
         check_mlx: bool. Also compare mlx-lm's greedy tokens, when importable.
@@ -458,7 +486,7 @@ def verify_adapter(
     causal_lm,
     adapter_dir,
     base_dir,
-    prompts=DEFAULT_PROMPTS,
+    prompts=None,
     max_new_tokens=16,
     atol=DEFAULT_ATOL,
     write_report=True,

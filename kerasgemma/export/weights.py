@@ -33,6 +33,9 @@ def _dense(kernel):
 
 
 # HF module name in a decoder layer -> (Keras layer getter, kernel mapping).
+# A getter returns None where the block has no such layer: Gemma 4's
+# KV-shared layers own no k/v projection, its K=V global layers no v
+# projection, and only per-layer-embedding models have the two PLE ones.
 PROJECTIONS = {
     "self_attn.q_proj": (lambda block: block.attention.query_dense, _heads_in),
     "self_attn.k_proj": (lambda block: block.attention.key_dense, _heads_in),
@@ -41,7 +44,55 @@ PROJECTIONS = {
     "mlp.gate_proj": (lambda block: block.gating_ffw, _dense),
     "mlp.up_proj": (lambda block: block.gating_ffw_2, _dense),
     "mlp.down_proj": (lambda block: block.ffw_linear, _dense),
+    "per_layer_input_gate": (
+        lambda block: getattr(block, "per_layer_input_gate", None),
+        _dense,
+    ),
+    "per_layer_projection": (
+        lambda block: getattr(block, "per_layer_up_proj", None),
+        _dense,
+    ),
 }
+
+
+def _experts_gate_up(bank):
+    # Keras gate/up (experts, hidden, inter) each -> HF one
+    # (experts, 2*inter, hidden), gate first.
+    return lambda: np.concatenate(
+        [_numpy(bank.gate_proj).transpose(0, 2, 1), _numpy(bank.up_proj).transpose(0, 2, 1)],
+        axis=1,
+    )
+
+
+def _gemma4_layer_extras(block):
+    """(hf_name in a layer, shape, read) of a Gemma 4 block's other weights."""
+    extras = [
+        # A non-trainable buffer: () in Keras, (1,) in transformers.
+        ("layer_scalar", (1,), lambda: _numpy(block.layer_scalar).reshape(1)),
+    ]
+    if block.enable_moe_block:
+        router, bank = block.moe_router, block.moe_expert_bank
+        experts, hidden, inter = bank.gate_proj.shape
+        extras += [
+            ("router.scale", tuple(router.per_dim_scale.shape), lambda: _numpy(router.per_dim_scale)),
+            (
+                "router.proj.weight",
+                tuple(router.proj.kernel.shape[::-1]),
+                lambda: _numpy(router.proj.kernel).T,
+            ),
+            (
+                "router.per_expert_scale",
+                tuple(bank.per_expert_scale.shape),
+                lambda: _numpy(bank.per_expert_scale),
+            ),
+            ("experts.gate_up_proj", (experts, 2 * inter, hidden), _experts_gate_up(bank)),
+            (
+                "experts.down_proj",
+                (experts, hidden, inter),
+                lambda: _numpy(bank.down_proj).transpose(0, 2, 1),
+            ),
+        ]
+    return extras
 
 
 def _norms(architecture, block):
@@ -56,10 +107,21 @@ def _norms(architecture, block):
         pre_feedforward_layernorm=block.pre_ffw_norm,
         post_feedforward_layernorm=block.post_ffw_norm,
     )
-    if architecture == "gemma3":
+    if architecture in ("gemma3", "gemma4"):
         norms["self_attn.q_norm"] = block.attention.query_norm
         norms["self_attn.k_norm"] = block.attention.key_norm
-    return norms
+    if architecture == "gemma4":
+        # Gemma 4 norms are `x * scale` in both libraries (no 1 + scale);
+        # the v norm has no weight. KV-shared layers have no k norm.
+        norms.update(
+            {
+                "post_feedforward_layernorm_1": getattr(block, "post_ffw_norm_dense", None),
+                "pre_feedforward_layernorm_2": getattr(block, "pre_ffw_norm_moe", None),
+                "post_feedforward_layernorm_2": getattr(block, "post_ffw_norm_moe_path", None),
+                "post_per_layer_input_norm": getattr(block, "post_per_layer_input_norm", None),
+            }
+        )
+    return {name: norm for name, norm in norms.items() if norm is not None}
 
 
 def _numpy(tensor):
@@ -82,6 +144,9 @@ def hf_tensor_shapes(backbone):
     >>> lm = build_tiny_causal_lm("gemma", num_key_value_heads=2)
     >>> hf_tensor_shapes(lm.backbone)["model.layers.0.self_attn.k_proj.weight"]
     (16, 32)
+    >>> shapes = hf_tensor_shapes(build_tiny_causal_lm("gemma4").backbone)
+    >>> "model.layers.2.self_attn.k_proj.weight" in shapes  # shares layer 0's
+    False
     """
     return {name: shape for name, shape, _ in _tensor_plan(backbone, True)}
 
@@ -90,7 +155,7 @@ def hf_tensors(backbone, merge_lora=True):
     """Yield `(hf_name, numpy_array)` for every weight, one at a time.
 
     Args:
-        backbone: a Gemma 1/2/3 keras-hub backbone, LoRA enabled or not.
+        backbone: a Gemma 1–4 keras-hub backbone, LoRA enabled or not.
         merge_lora: bool. Merge LoRA into the kernels (True) or export the
             frozen base kernels a PEFT adapter applies to (False).
 
@@ -119,6 +184,8 @@ def _tensor_plan(backbone, merge_lora):
             ),
         )
     ]
+    if architecture == "gemma4" and backbone.hidden_size_per_layer_input > 0:
+        plan += _per_layer_embedding_plan(backbone, merge_lora)
     for i in range(backbone.num_layers):
         block = backbone.get_layer(f"decoder_block_{i}")
         prefix = f"model.layers.{i}."
@@ -132,6 +199,8 @@ def _tensor_plan(backbone, merge_lora):
             )
         for name, (get_layer, to_hf) in PROJECTIONS.items():
             layer = get_layer(block)
+            if layer is None:
+                continue
             shape = to_hf(np.empty(layer._kernel.shape, dtype=np.bool_)).shape
             plan.append(
                 (
@@ -142,6 +211,11 @@ def _tensor_plan(backbone, merge_lora):
                     ),
                 )
             )
+        if architecture == "gemma4":
+            plan += [
+                (f"{prefix}{name}", shape, read)
+                for name, shape, read in _gemma4_layer_extras(block)
+            ]
     final_norm = backbone.get_layer("final_normalization")
     plan.append(
         (
@@ -159,3 +233,27 @@ def _tensor_plan(backbone, merge_lora):
             )
         )
     return plan
+
+
+def _per_layer_embedding_plan(backbone, merge_lora):
+    """Gemma 4's per-layer embedding table, its projection and norm."""
+    table = backbone.get_layer("per_layer_token_embedding")
+    projection = backbone.get_layer("per_layer_model_projection")
+    norm = backbone.get_layer("per_layer_projection_norm")
+    return [
+        (
+            "model.embed_tokens_per_layer.weight",
+            tuple(table.embeddings.shape),
+            lambda: _numpy(table.embeddings),
+        ),
+        (
+            "model.per_layer_model_projection.weight",
+            tuple(projection._kernel.shape[::-1]),
+            lambda: _dense(_numpy(_kernel(projection, merge_lora))),
+        ),
+        (
+            "model.per_layer_projection_norm.weight",
+            tuple(norm.scale.shape),
+            lambda: _numpy(norm.scale),
+        ),
+    ]
