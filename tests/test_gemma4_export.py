@@ -46,7 +46,7 @@ def test_merged_matches_transformers(lm, tmp_path):
 def test_adapter_matches_transformers(lm, tmp_path):
     base = export_merged(lm, tmp_path / "base", dtype="bfloat16", merge_lora=False)
     adapter = export_adapter(lm, tmp_path / "adapter", base_model_name_or_path=base)
-    report = verify_export(lm, None, adapter_dir=adapter, base_dir=base, max_new_tokens=4)
+    report = verify_export(lm, adapter, base_dir=base, max_new_tokens=4)
     print(report.summary())
     assert report.passed, report.summary()
     assert report.max_abs_logits_diff < 1e-4
