@@ -59,6 +59,7 @@ def run_demo(config=DEMO_CONFIG, held_out=3, export=True, export_dtype="bfloat16
     """
     from kerasgemma.run import create_run_dir, prepare_run, sample_answers, save_lora, write_json
 
+    config.validate()
     run_dir = create_run_dir(config.output_dir)
     config.save(run_dir / CONFIG_FILE_NAME)
     trainer, validation_examples = prepare_run(config, run_dir, progress=progress)

@@ -23,10 +23,14 @@ import keras  # noqa: E402
 from kerasgemma import data  # noqa: E402
 from kerasgemma.config import CONFIG_FILE_NAME  # noqa: E402
 from kerasgemma.config import TrainConfig  # noqa: E402
+from kerasgemma.errors import MissingFileError  # noqa: E402
+from kerasgemma.errors import UserError  # noqa: E402
+from kerasgemma.files import CHECKPOINTS_DIR  # noqa: E402
 from kerasgemma.model import TINY_PREFIX  # noqa: E402
 from kerasgemma.model import enable_lora  # noqa: E402
 from kerasgemma.model import load_causal_lm  # noqa: E402
 from kerasgemma.model import resolve_lora_targets  # noqa: E402
+from kerasgemma.run_lock import run_lock  # noqa: E402
 from kerasgemma.train import checkpoint  # noqa: E402
 from kerasgemma.train.loop import Trainer  # noqa: E402
 from kerasgemma.train.metrics import truncate_jsonl  # noqa: E402
@@ -66,7 +70,7 @@ def create_run_dir(output_dir):
             run_dir = root / f"{stamp}-{suffix}"
         run_dir.mkdir()
     except OSError as error:
-        raise OSError(f"Cannot create a run folder under {root}: {error.strerror}") from error
+        raise UserError(f"cannot create a run folder under {root}: {error.strerror}") from error
     check_writable(run_dir)
     return run_dir
 
@@ -79,10 +83,10 @@ def check_writable(folder):
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as error:
-        raise OSError(f"Output folder {folder} is not writable: {error.strerror}") from error
+        raise UserError(f"output folder {folder} is not writable: {error.strerror}") from error
     free = shutil.disk_usage(folder).free
     if free < MIN_FREE_BYTES:
-        raise OSError(f"Only {free / 2**20:.0f} MiB free on the disk of {folder}; need at least 100 MiB.")
+        raise UserError(f"Only {free / 2**20:.0f} MiB free on the disk of {folder}; need at least 100 MiB.")
 
 
 def load_data(config, progress=True):
@@ -102,7 +106,7 @@ def load_data(config, progress=True):
         examples, report = data.load_examples(config.data, **options)
     train, validation = data.split_examples(examples, config.validation_fraction, config.seed)
     if not train:
-        raise ValueError(f"No training examples left in {config.data} after validation and skips.")
+        raise UserError(f"No training examples left in {config.data} after validation and skips.")
     return train, validation, report
 
 
@@ -117,7 +121,7 @@ def make_batches(config, tokenizer, examples, shuffle_seed):
         overflow=config.overflow,
     )
     if not tokenized:
-        raise ValueError("No example fits the sequence length; raise sequence_length or use overflow='truncate'.")
+        raise UserError("No example fits the sequence length; raise sequence_length or use overflow='truncate'.")
     batches = data.Batches(tokenized, config.batch_size, config.sequence_length, mode=config.batching, seed=shuffle_seed)
     return batches, report
 
@@ -229,20 +233,56 @@ def prepare_run(config, run_dir, progress=True):
 def train(config, run_dir=None, progress=True):
     """Start a run: returns a `Run` with the folder, the trained model and a summary.
 
-    The output folder is checked before anything is loaded, so a bad
-    `output_dir` costs a second, not a model download.
+    The settings and the output folder are checked before anything is
+    created or loaded, so a typo costs a second, not a model download, and
+    leaves no run folder behind. The folder is locked while training.
     """
-    if run_dir:
+    config.validate()
+    run_dir_given = bool(run_dir)
+    if run_dir_given:
         run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"cannot create {run_dir}: {error.strerror}") from error
         check_writable(run_dir)
     else:
         run_dir = create_run_dir(config.output_dir)
-    config.save(run_dir / CONFIG_FILE_NAME)
-    trainer, validation_examples = prepare_run(config, run_dir, progress=progress)
-    summary = trainer.fit()
-    save_lora(trainer.causal_lm, config, run_dir)
+    with run_lock(run_dir, "train"):
+        config.save(run_dir / CONFIG_FILE_NAME)
+        try:
+            trainer, validation_examples = prepare_run(config, run_dir, progress=progress)
+        except UserError:
+            if not run_dir_given:  # a folder made here holds nothing of value yet
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        summary = trainer.fit()
+        save_lora(trainer.causal_lm, config, run_dir)
     return Run(run_dir, trainer.causal_lm, summary, validation_examples)
+
+
+def check_resumable(config, latest, log=print):
+    """Refuse a `config.json` edited since checkpoint `latest` in a way that changes the run.
+
+    Changes `resume` can honour (`kerasgemma.config.RESUMABLE_CHANGES`,
+    such as `max_steps`) are logged and kept.
+    """
+    saved = checkpoint.load_config(latest)
+    if saved is None:
+        return
+    refused, allowed = config.changes_from(saved)
+    if refused:
+        raise UserError(
+            f"{config_path_of(latest)} was edited since {latest.name} in ways a resume cannot honour: "
+            f"{', '.join(refused)}; undo them, or start a new run with `kerasgemma train`."
+        )
+    if allowed:
+        log(f"resuming with changed settings: {', '.join(allowed)}")
+
+
+def config_path_of(checkpoint_path):
+    """The run's `config.json` for a checkpoint folder `RUN/checkpoints/step-N`."""
+    return Path(checkpoint_path).parent.parent / CONFIG_FILE_NAME
 
 
 def resume(run_dir, progress=True):
@@ -255,14 +295,20 @@ def resume(run_dir, progress=True):
     run_dir = Path(run_dir)
     config_path = run_dir / CONFIG_FILE_NAME
     if not config_path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run folder: {CONFIG_FILE_NAME} is missing.")
+        raise MissingFileError(f"{run_dir} is not a run folder: {CONFIG_FILE_NAME} is missing.")
     check_writable(run_dir)
-    config = TrainConfig.from_file(config_path)
-    trainer, validation_examples = prepare_run(config, run_dir, progress=progress)
-    latest = checkpoint.latest_checkpoint(run_dir)
-    if latest is not None:
-        trainer.restore(latest)
-    truncate_jsonl(run_dir / SAMPLES_NAME, trainer.step)
-    summary = trainer.fit()
-    save_lora(trainer.causal_lm, config, run_dir)
+    with run_lock(run_dir, "resume"):
+        config = TrainConfig.from_file(config_path).validate(str(config_path))
+        latest = checkpoint.latest_good_checkpoint(run_dir)
+        if latest is not None:
+            check_resumable(config, latest)
+        elif checkpoint.list_checkpoints(run_dir):
+            print(f"warning: no usable checkpoint in {run_dir / CHECKPOINTS_DIR}; starting again from step 0")
+        trainer, validation_examples = prepare_run(config, run_dir, progress=progress)
+        if latest is not None:
+            trainer.restore(latest)
+            print(f"resuming from {latest.name}")
+        truncate_jsonl(run_dir / SAMPLES_NAME, trainer.step)
+        summary = trainer.fit()
+        save_lora(trainer.causal_lm, config, run_dir)
     return Run(run_dir, trainer.causal_lm, summary, validation_examples)
