@@ -26,7 +26,7 @@ import os
 
 import numpy as np
 
-from kerasgemma.export.folder import write_text_atomic
+from kerasgemma.atomic import write_text_atomic
 from kerasgemma.export.safetensors_io import cast, read_weight_map
 from kerasgemma.export.tokenizer_files import special_token_ids
 from kerasgemma.export.weights import hf_tensors
