@@ -70,7 +70,7 @@ def create_run_dir(output_dir):
             run_dir = root / f"{stamp}-{suffix}"
         run_dir.mkdir()
     except OSError as error:
-        raise UserError(f"cannot create a run folder under {root}: {error.strerror}") from error
+        raise UserError(f"Cannot create a run folder under {root}: {error.strerror}") from error
     check_writable(run_dir)
     return run_dir
 
@@ -83,7 +83,7 @@ def check_writable(folder):
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as error:
-        raise UserError(f"output folder {folder} is not writable: {error.strerror}") from error
+        raise UserError(f"Output folder {folder} is not writable: {error.strerror}") from error
     free = shutil.disk_usage(folder).free
     if free < MIN_FREE_BYTES:
         raise UserError(f"Only {free / 2**20:.0f} MiB free on the disk of {folder}; need at least 100 MiB.")
