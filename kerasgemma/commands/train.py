@@ -53,8 +53,11 @@ def _diverged(command, error):
     return 1
 
 
-def _interrupted(command, error):
-    # Exit 128 + signal number, as a shell reports a process the signal killed.
+def report_interrupted(command, error):
+    """Print where an interrupted run was saved and how to continue; return 128 + the signal.
+
+    128 + the signal number is how a shell reports a process the signal killed.
+    """
     run_dir = error.checkpoint.parent.parent
     print(f"kerasgemma {command}: {error}\ncontinue with: kerasgemma resume {run_dir}", file=sys.stderr)
     return 128 + error.signum
@@ -67,7 +70,7 @@ def run_train(args):
     except TrainingDiverged as error:
         return _diverged("train", error)
     except TrainingInterrupted as error:
-        return _interrupted("train", error)
+        return report_interrupted("train", error)
 
 
 def run_resume(args):
@@ -76,4 +79,4 @@ def run_resume(args):
     except TrainingDiverged as error:
         return _diverged("resume", error)
     except TrainingInterrupted as error:
-        return _interrupted("resume", error)
+        return report_interrupted("resume", error)
