@@ -14,6 +14,8 @@ ensure_jax_backend()
 import keras  # noqa: E402
 import keras_hub  # noqa: E402
 
+from kerasgemma.errors import UserError  # noqa: E402
+
 TINY_PREFIX = "tiny:"
 OFFLINE_PRESET = "offline:gemma3_270m"
 
@@ -77,7 +79,21 @@ def load_causal_lm(preset, dtype="auto", sequence_length=None, texts=()):
     kwargs = {"dtype": dtype}
     if sequence_length:
         kwargs["sequence_length"] = sequence_length
-    return keras_hub.models.CausalLM.from_preset(preset, **kwargs)
+    try:
+        return keras_hub.models.CausalLM.from_preset(preset, **kwargs)
+    except ValueError as error:
+        raise preset_error(preset, error) from error
+
+
+def preset_error(preset, error):
+    """The `UserError` for keras-hub's ValueError about `preset`: its first sentence, one line.
+
+    Example:
+    >>> preset_error("x", ValueError("Unknown preset identifier. A preset must be\n1) ..."))
+    UserError("cannot load preset 'x': Unknown preset identifier.")
+    """
+    first = " ".join(str(error).split()).split(". ")[0].rstrip(".")
+    return UserError(f"cannot load preset {preset!r}: {first}.")
 
 
 def resolve_lora_targets(targets):

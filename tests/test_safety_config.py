@@ -131,3 +131,15 @@ def test_folder_with_unsupported_files_names_them(tmp_path, capsys):
 def test_validate_lists_problems_as_a_user_error():
     with pytest.raises(UserError, match="keep_checkpoints must be at least 1"):
         TrainConfig(keep_checkpoints=0).validate()
+
+
+def test_other_input_mistakes_are_one_line(tmp_path, capsys):
+    text = tmp_path / "rows.txt"
+    text.write_text("a question\n")
+    assert cli.main(["data", str(text)]) == 2
+    assert "rows.txt: unsupported file type" in capsys.readouterr().err
+    code, err, folders = train_cli(tmp_path, capsys, "--preset", str(tmp_path / "no-such-preset"))
+    assert code == 2 and "cannot load preset" in err and len(err.strip().splitlines()) == 1
+    assert folders == []  # the folder made before loading is removed again
+    assert cli.main(["resume", str(tmp_path / "no-such-run")]) == 2
+    assert "is not a run folder" in capsys.readouterr().err

@@ -61,7 +61,7 @@ def list_data_files(path, subset=None):
         raise MissingFileError(f"{path}: no such file or folder.")
     if os.path.isfile(path):
         if not path.endswith(SUPPORTED_SUFFIXES):
-            raise ValueError(
+            raise UserError(
                 f"{path}: unsupported file type; expected one of {SUPPORTED_SUFFIXES}."
             )
         return [path]

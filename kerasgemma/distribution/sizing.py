@@ -61,7 +61,7 @@ def preset_backbone_config(preset):
     >>> architecture, config["num_layers"]
     ('gemma3', 2)
     """
-    from kerasgemma.model import OFFLINE_PRESET, TINY_PREFIX
+    from kerasgemma.model import OFFLINE_PRESET, TINY_PREFIX, preset_error
 
     if preset.startswith(TINY_PREFIX):
         from kerasgemma.tiny import tiny_backbone_config
@@ -77,7 +77,10 @@ def preset_backbone_config(preset):
         preset = build_offline_preset()
     from keras_hub.src.utils.preset_utils import CONFIG_FILE, load_json
 
-    saved = load_json(preset, CONFIG_FILE)
+    try:
+        saved = load_json(preset, CONFIG_FILE)
+    except ValueError as error:
+        raise preset_error(preset, error) from error
     class_name = saved["class_name"]
     if class_name not in ARCHITECTURE_OF_CLASS:
         raise DistributionError(f"{preset}: backbone {class_name} is not a Gemma text backbone we can lay out.")
