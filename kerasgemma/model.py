@@ -89,7 +89,7 @@ def preset_error(preset, error):
     """The `UserError` for keras-hub's ValueError about `preset`: its first sentence, one line.
 
     Example:
-    >>> preset_error("x", ValueError("Unknown preset identifier. A preset must be\n1) ..."))
+    >>> preset_error("x", ValueError("Unknown preset identifier. A preset must be one of: 1) ..."))
     UserError("cannot load preset 'x': Unknown preset identifier.")
     """
     first = " ".join(str(error).split()).split(". ")[0].rstrip(".")
