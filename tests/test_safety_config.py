@@ -143,3 +143,5 @@ def test_other_input_mistakes_are_one_line(tmp_path, capsys):
     assert folders == []  # the folder made before loading is removed again
     assert cli.main(["resume", str(tmp_path / "no-such-run")]) == 2
     assert "is not a run folder" in capsys.readouterr().err
+    assert cli.main(["data", str(text.with_suffix(".jsonl")), "--preset", str(tmp_path / "no-such-preset")]) == 2
+    assert "cannot load preset" in capsys.readouterr().err

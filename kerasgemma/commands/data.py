@@ -92,7 +92,12 @@ def load_tokenizer(preset):
         return build_tiny_tokenizer_proto()
     import keras_hub
 
-    return keras_hub.models.Tokenizer.from_preset(preset)
+    from kerasgemma.model import preset_error
+
+    try:
+        return keras_hub.models.Tokenizer.from_preset(preset)
+    except ValueError as error:
+        raise preset_error(preset, error) from error
 
 
 def format_summary(summary):
