@@ -273,16 +273,11 @@ def check_resumable(config, latest, log=print):
     refused, allowed = config.changes_from(saved)
     if refused:
         raise UserError(
-            f"{config_path_of(latest)} was edited since {latest.name} in ways a resume cannot honour: "
+            f"{Path(latest).parent.parent / CONFIG_FILE_NAME} was edited since {latest.name} in ways a resume cannot honour: "
             f"{', '.join(refused)}; undo them, or start a new run with `kerasgemma train`."
         )
     if allowed:
         log(f"resuming with changed settings: {', '.join(allowed)}")
-
-
-def config_path_of(checkpoint_path):
-    """The run's `config.json` for a checkpoint folder `RUN/checkpoints/step-N`."""
-    return Path(checkpoint_path).parent.parent / CONFIG_FILE_NAME
 
 
 def resume(run_dir, progress=True):

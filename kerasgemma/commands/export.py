@@ -12,8 +12,9 @@ when installed) unless `--no-verify`; a failed check exits 1 and is never
 pushed unless `--force-push`. OUTPUT_DIR must be new, empty or an earlier
 export (replaced atomically); any other folder needs `--overwrite`, and the
 current folder or one holding SOURCE is always refused. A run that did not
-finish is exported from its newest good checkpoint. The Hub token comes from `HF_TOKEN` or
-`huggingface-cli login`; it is never printed or written.
+finish is exported from its newest good checkpoint. The Hub token comes from
+`HF_TOKEN` or `hf auth login`, is checked before any work when pushing, and is
+never printed or written.
 """
 
 import argparse
