@@ -100,8 +100,10 @@ def run(args, log=print):
     if args.push:
         hub.check_token(args.hub_endpoint, log=log)
     is_run = os.path.isdir(args.source) and (is_run_folder(args.source) or is_unfinished_run(args.source))
-    # A run folder is locked so that a training cannot rewrite it mid-export.
-    with run_lock(args.source, "export") if is_run else contextlib.nullcontext():
+    # A run folder is locked so that a training cannot rewrite it mid-export;
+    # a read-only one (a shared copy) cannot be trained in by us, nor locked.
+    lock = is_run and os.access(args.source, os.W_OK)
+    with run_lock(args.source, "export") if lock else contextlib.nullcontext():
         return _export(args, log)
 
 
