@@ -10,8 +10,10 @@ True
 """
 
 import dataclasses
+import difflib
 import json
 import logging
+import os
 import types
 import typing
 from pathlib import Path
@@ -19,6 +21,27 @@ from pathlib import Path
 import yaml
 
 from kerasgemma.atomic import write_json_atomic
+from kerasgemma.data.batching import MODES
+from kerasgemma.data.chat_format import TEMPLATES
+from kerasgemma.data.loading import HC3_SOURCE
+from kerasgemma.data.loading import HC3_SUBSETS
+from kerasgemma.data.loading import HUB_PREFIX
+from kerasgemma.data.loading import ON_ERROR_CHOICES
+from kerasgemma.data.rows import ANSWER_CHOICES
+from kerasgemma.data.tokenize import LOSS_CHOICES
+from kerasgemma.data.tokenize import OVERFLOW_CHOICES
+from kerasgemma.distribution.strategy import KINDS
+from kerasgemma.errors import MissingFileError
+from kerasgemma.errors import UserError
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+SCHEDULES = ("cosine", "linear", "constant")
+# Settings `resume` may take from an edited config.json: they change when
+# the run stops, what it logs or where, never what one step computes.
+RESUMABLE_CHANGES = (
+    "max_steps", "epochs", "eval_every", "save_every", "keep_checkpoints",
+    "sample_prompts", "max_new_tokens", "output_dir", "distribution", "mesh",
+)
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +97,6 @@ class TrainConfig:
             same seed and config give the same losses on the same device.
         output_dir: folder under which the run folder is created.
     """
-
     preset: str = "gemma_2b_en"
     dtype: str = "auto"
     data: str = "hub"
@@ -114,22 +136,31 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values):
-        """Build from a dict, warning about (and ignoring) unknown keys.
+    def from_dict(cls, values, allow_unknown_keys=False):
+        """Build from a dict; an unknown key is a `UserError` (with a "did you mean")
+        unless `allow_unknown_keys`, which warns and ignores it.
 
         Values are converted to the field's type where that is lossless:
         PyYAML reads `learning_rate: 1e-4` as the *string* "1e-4" (YAML 1.1
         wants `1.0e-4`), which would otherwise fail deep inside the optimizer.
+
+        Example:
+        >>> TrainConfig.from_dict({"lora_rnak": 8})
+        Traceback (most recent call last):
+        ...
+        kerasgemma.errors.UserError: unknown setting 'lora_rnak' (did you mean 'lora_rank'?)
         """
         hints = typing.get_type_hints(cls)
-        names = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
+        names = [field.name for field in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(names))
+        if unknown and not allow_unknown_keys:
+            raise UserError("; ".join(_unknown_key(key, names) for key in unknown))
         if unknown:
             logger.warning("Ignoring unknown config keys: %s", ", ".join(unknown))
         return cls(**{key: _coerce(key, hints[key], value) for key, value in values.items() if key in names})
 
     @classmethod
-    def from_file(cls, path, base=None):
+    def from_file(cls, path, base=None, allow_unknown_keys=False):
         """Load from a `.yaml`/`.yml` or `.json` file; keys it lacks come from `base`.
 
         Example:
@@ -142,7 +173,80 @@ class TrainConfig:
         """
         values = dict((base or cls()).to_dict())
         values.update(read_config_file(path))
-        return cls.from_dict(values)
+        try:
+            return cls.from_dict(values, allow_unknown_keys=allow_unknown_keys)
+        except UserError as error:
+            raise UserError(f"{path}: {error}") from error
+
+    def problems(self):
+        """One line per setting that cannot train (empty when all can).
+
+        Checked before a run folder is made, so a typo costs a second and
+        leaves nothing behind.
+
+        Example:
+        >>> TrainConfig(sequence_length=0, learning_rate=-1.0, schedule="cosin").problems()
+        ["schedule must be one of ('cosine', 'linear', 'constant'), got 'cosin'", \
+'sequence_length must be at least 2, got 0', 'learning_rate must be > 0, got -1.0']
+        """
+        found = []
+        enums = {
+            "dtype": DTYPES, "subset": HC3_SUBSETS, "answers": ANSWER_CHOICES, "on_error": ON_ERROR_CHOICES,
+            "template": TEMPLATES, "loss": LOSS_CHOICES, "overflow": OVERFLOW_CHOICES, "batching": MODES,
+            "schedule": SCHEDULES, "distribution": KINDS,
+        }
+        for name, choices in enums.items():
+            if getattr(self, name) not in choices:
+                found.append(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+        # (name, bound, whether the bound itself is allowed)
+        bounds = [
+            ("sequence_length", 2, True), ("batch_size", 1, True), ("grad_accum_steps", 1, True),
+            ("validation_fraction", 0, True), ("lora_rank", 1, True), ("lora_alpha", 0, False),
+            ("learning_rate", 0, False), ("weight_decay", 0, True), ("warmup_steps", 0, True),
+            ("max_grad_norm", 0, False), ("max_steps", 1, True), ("epochs", 1, True), ("eval_every", 0, True),
+            ("save_every", 0, True), ("keep_checkpoints", 1, True), ("max_new_tokens", 1, True),
+        ]
+        for name, low, inclusive in bounds:
+            value = getattr(self, name)
+            if value is not None and (value < low if inclusive else value <= low):
+                found.append(f"{name} must be {'at least' if inclusive else '>'} {low}, got {value!r}")
+        if not self.validation_fraction < 1:
+            found.append(f"validation_fraction must be below 1, got {self.validation_fraction!r}")
+        found += _call_problem("lora_targets", self.lora_targets, "kerasgemma.model", "resolve_lora_targets")
+        found += _call_problem("mesh", self.mesh, "kerasgemma.distribution.strategy", "parse_mesh")
+        if self.data != HC3_SOURCE and not self.data.startswith(HUB_PREFIX) and not os.path.exists(self.data):
+            found.append(f"data: no such file or folder {self.data!r}")
+        return found
+
+    def validate(self, source="settings"):
+        """Raise one `UserError` listing every problem (one per line), else return self.
+
+        Example:
+        >>> TrainConfig(batch_size=0).validate()
+        Traceback (most recent call last):
+        ...
+        kerasgemma.errors.UserError: settings: batch_size must be at least 1, got 0
+        """
+        found = self.problems()
+        if found:
+            raise UserError("\n".join(f"{source}: {problem}" for problem in found))
+        return self
+
+    def changes_from(self, saved):
+        """`(refused, allowed)`: "name old -> new" for each setting that differs from `saved`.
+
+        `allowed` are those `resume` can honour (`RESUMABLE_CHANGES`).
+
+        Example:
+        >>> TrainConfig(max_steps=9, lora_rank=8).changes_from(TrainConfig(max_steps=5).to_dict())
+        (['lora_rank 4 -> 8'], ['max_steps 5 -> 9'])
+        """
+        refused, allowed = [], []
+        for key, value in self.to_dict().items():
+            if key in saved and saved[key] != value:
+                line = f"{key} {saved[key]!r} -> {value!r}"
+                (allowed if key in RESUMABLE_CHANGES else refused).append(line)
+        return refused, allowed
 
     def save(self, path):
         """Write as JSON (sorted keys, indented) atomically."""
@@ -153,14 +257,16 @@ def read_config_file(path):
     """The settings mapping of a `.yaml`/`.yml` or `.json` file, unvalidated."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+        raise MissingFileError(f"Config file not found: {path}")
     try:
+        text = path.read_text(encoding="utf-8")
         values = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: not valid {path.suffix[1:].upper() or 'JSON'}: {error}") from error
+    except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError, OSError) as error:
+        # PyYAML's message spans lines; the error stays one line.
+        message = " ".join(str(error).split())
+        raise UserError(f"{path}: not valid {path.suffix[1:].upper() or 'JSON'}: {message}") from error
     if not isinstance(values, dict):
-        raise ValueError(f"{path}: expected a mapping of settings, got {type(values).__name__}")
+        raise UserError(f"{path}: expected a mapping of settings, got {type(values).__name__}")
     return values
 
 
@@ -186,4 +292,27 @@ def _coerce(name, hint, value):
                 return [_coerce(name, typing.get_args(hint)[0], item) for item in items]
     except ValueError:
         pass
-    raise ValueError(f"Config key {name!r}: expected {getattr(hint, '__name__', hint)}, got {value!r}.")
+    raise UserError(f"Config key {name!r}: expected {getattr(hint, '__name__', hint)}, got {value!r}.")
+
+
+def _unknown_key(key, names):
+    """"unknown setting 'x'" with the closest real name, if one is close.
+
+    Example:
+    >>> _unknown_key("bogus", ["lora_rank"])
+    "unknown setting 'bogus' (pass --allow-unknown-keys to ignore it)"
+    """
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else "pass --allow-unknown-keys to ignore it"
+    return f"unknown setting {key!r} ({hint})"
+
+
+def _call_problem(name, value, module, function):
+    """`[f"{name}: message"]` if `module.function(value)` raises ValueError, else `[]`."""
+    import importlib
+
+    try:
+        getattr(importlib.import_module(module), function)(value)
+    except ValueError as error:
+        return [f"{name}: {error}"]
+    return []

@@ -18,7 +18,9 @@ A run folder (`kerasgemma train`):
 An exported folder (`kerasgemma export`): `config.json`, safetensors shards
 and their index, tokenizer files, `generation_config.json`,
 `verification.json` and `README.md`; or, for an adapter,
-`adapter_config.json` + `adapter_model.safetensors`.
+`adapter_config.json` + `adapter_model.safetensors`. Either also holds the
+empty marker `.kerasgemma-export`: only a folder with it is replaced
+without `--overwrite`.
 
 Example:
 >>> RUN_CONFIG, LORA_WEIGHTS
@@ -58,6 +60,7 @@ TOKENIZER_JSON = "tokenizer.json"
 SPECIAL_TOKENS_MAP = "special_tokens_map.json"
 GENERATION_CONFIG = "generation_config.json"
 MODEL_CARD = "README.md"
+EXPORT_MARKER = ".kerasgemma-export"
 
 # Prefix of every temporary file or folder kerasgemma creates next to its
 # final place; anything with it is ours to delete.

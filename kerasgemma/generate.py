@@ -8,6 +8,9 @@ chat formatting used in training and a token budget counted from the prompt
 import keras_hub
 import numpy as np
 
+from kerasgemma.data import generation_prompt
+from kerasgemma.distribution import pad_to_replicas
+
 END_OF_TURN = "<end_of_turn>"
 
 
@@ -63,8 +66,6 @@ def generate(causal_lm, prompts, max_new_tokens=64, sampler="greedy", **sampler_
     >>> isinstance(generate(lm, "你好", max_new_tokens=4), str)
     True
     """
-    from kerasgemma.distribution import pad_to_replicas
-
     single = isinstance(prompts, str)
     # Under data parallel every replica needs a row: pad the batch, drop the extras.
     prompts, count = pad_to_replicas([prompts] if single else list(prompts))
@@ -102,8 +103,6 @@ def chat(causal_lm, messages, max_new_tokens=128, template="gemma", **generate_a
     >>> isinstance(chat(lm, [{"role": "user", "content": "你好"}], max_new_tokens=3), str)
     True
     """
-    from kerasgemma.data import generation_prompt
-
     single = isinstance(messages[0], dict)
     conversations = [messages] if single else messages
     prompts = [generation_prompt(conversation, template=template) for conversation in conversations]

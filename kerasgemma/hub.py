@@ -9,8 +9,10 @@ login, so the token is not in our arguments, messages, logs or files.
 import os
 
 from kerasgemma.atomic import write_text_atomic
+from kerasgemma.errors import UserError
 from kerasgemma.export.verify import read_report
 from kerasgemma.files import ADAPTER_CONFIG
+from kerasgemma.files import EXPORT_MARKER
 from kerasgemma.files import MODEL_CARD
 
 # Gemma weights are distributed under the Gemma Terms of Use; derivatives
@@ -155,6 +157,34 @@ def check_verified(folder):
         )
 
 
+def check_token(endpoint=None, log=print):
+    """Refuse a push up front: no token at all, or one the Hub rejects (HTTP 401).
+
+    Called before an export loads anything, so a missing login costs a
+    second, not an export. When the Hub cannot be reached the token is
+    checked again by the push itself; a warning says so. The token is never
+    printed.
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub import get_token
+    from huggingface_hub.errors import HfHubHTTPError
+
+    token = get_token()
+    if token is None:
+        raise UserError("no Hugging Face token for --push: run `hf auth login` or set HF_TOKEN.")
+    try:
+        HfApi(endpoint=endpoint).whoami(token=token)
+    except HfHubHTTPError as error:
+        status = getattr(error.response, "status_code", None)
+        if status == 401:
+            raise UserError("the Hub rejected the Hugging Face token (401) for --push: run "
+                            "`hf auth login --force` or set HF_TOKEN to a valid token.") from None
+        log(f"warning: could not check the Hugging Face token (HTTP {status}); the push will try anyway")
+    except Exception as error:  # noqa: BLE001 - network errors of whichever HTTP client huggingface_hub uses
+        log(f"warning: the Hub is not reachable to check the token ({type(error).__name__}); "
+            "the push will try anyway")
+
+
 def push_to_hub(folder, repo_id, private=True, force=False, endpoint=None, commit_message=None):
     """Create `repo_id` (private by default) and upload `folder` to it.
 
@@ -182,5 +212,6 @@ def push_to_hub(folder, repo_id, private=True, force=False, endpoint=None, commi
         repo_id=repo_id,
         repo_type="model",
         commit_message=commit_message or f"Upload kerasgemma export ({summary})",
+        ignore_patterns=[EXPORT_MARKER],  # ours, for replacing the folder safely; not the model's
     )
     return str(url)

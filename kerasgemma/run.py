@@ -22,6 +22,7 @@ from kerasgemma.atomic import write_json_atomic
 from kerasgemma.config import TrainConfig
 from kerasgemma.data.pipeline import load_data
 from kerasgemma.data.pipeline import prepare_data
+from kerasgemma.errors import MissingFileError
 from kerasgemma.errors import UserError
 from kerasgemma.export.pipeline import export_and_verify
 from kerasgemma.generate import chat
@@ -30,6 +31,7 @@ from kerasgemma.model import TINY_PREFIX
 from kerasgemma.model import enable_lora
 from kerasgemma.model import load_causal_lm
 from kerasgemma.model import lora_settings
+from kerasgemma.run_lock import run_lock
 from kerasgemma.train import checkpoint
 from kerasgemma.train.loop import Trainer
 from kerasgemma.train.metrics import MetricsLog
@@ -61,7 +63,7 @@ def create_run_dir(output_dir):
             run_dir = root / f"{stamp}-{suffix}"
         run_dir.mkdir()
     except OSError as error:
-        raise UserError(f"Cannot create a run folder under {root}: {error.strerror}") from error
+        raise UserError(f"cannot create a run folder under {root}: {error.strerror}") from error
     check_writable(run_dir)
     return run_dir
 
@@ -74,7 +76,7 @@ def check_writable(folder):
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as error:
-        raise UserError(f"Output folder {folder} is not writable: {error.strerror}") from error
+        raise UserError(f"output folder {folder} is not writable: {error.strerror}") from error
     free = shutil.disk_usage(folder).free
     if free < MIN_FREE_BYTES:
         raise UserError(f"Only {free / 2**20:.0f} MiB free on the disk of {folder}; need at least 100 MiB.")
@@ -252,29 +254,55 @@ def _build_run(config, run_dir, progress, examples=None):
     return Run(Path(run_dir), config, trainer, prepared)
 
 
+def _new_run_folder(config, run_dir):
+    """`(run folder, whether it was created here)`: a given folder, or a new timestamped one."""
+    if not run_dir:
+        return create_run_dir(config.output_dir), True
+    run_dir = Path(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create {run_dir}: {error.strerror}") from error
+    check_writable(run_dir)
+    return run_dir, False
+
+
+def _start_in(config, run_dir, created, progress, examples=None):
+    """Save the config in `run_dir` and build its `Run`; a folder made here is removed on a user error."""
+    config.save(run_dir / files.RUN_CONFIG)
+    try:
+        return _build_run(config, run_dir, progress, examples)
+    except UserError:
+        if created:  # a folder made here holds nothing of value yet
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
 def start_run(config, run_dir=None, progress=True, examples=None):
     """Create the run folder, save the config, load data and model; returns a `Run` to `fit()`.
 
-    The output folder is checked before anything is loaded, so a bad
-    `output_dir` costs a second, not a model download. `examples`: the
-    `SplitExamples` of an earlier `prepare_data(config)`, so they are not
-    read again.
+    The settings and the output folder are checked before anything is
+    created or loaded, so a typo costs a second, not a model download, and
+    leaves no run folder behind. `examples`: the `SplitExamples` of an
+    earlier `prepare_data(config)`, so they are not read again.
     """
-    if run_dir:
-        run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        check_writable(run_dir)
-    else:
-        run_dir = create_run_dir(config.output_dir)
-    config.save(run_dir / files.RUN_CONFIG)
-    return _build_run(config, run_dir, progress, examples)
+    config.validate()
+    run_dir, created = _new_run_folder(config, run_dir)
+    return _start_in(config, run_dir, created, progress, examples)
 
 
 def train(config, run_dir=None, progress=True):
-    """Start a run, train it and save its LoRA weights; returns the finished `Run`."""
-    run = start_run(config, run_dir, progress=progress)
-    run.fit()
-    run.save_lora()
+    """Start a run, train it and save its LoRA weights; returns the finished `Run`.
+
+    Like `start_run`, and the run folder is locked while it trains, so a
+    second `train`, `resume` or `export` of it refuses instead of racing.
+    """
+    config.validate()
+    run_dir, created = _new_run_folder(config, run_dir)
+    with run_lock(run_dir, "train"):
+        run = _start_in(config, run_dir, created, progress)
+        run.fit()
+        run.save_lora()
     return run
 
 
@@ -282,42 +310,68 @@ def _saved_config(run_dir):
     """The `TrainConfig` saved in a run folder, after checking it is one."""
     config_path = Path(run_dir) / files.RUN_CONFIG
     if not config_path.is_file():
-        raise UserError(f"{run_dir} is not a run folder: {files.RUN_CONFIG} is missing.")
-    return TrainConfig.from_file(config_path)
+        raise MissingFileError(f"{run_dir} is not a run folder: {files.RUN_CONFIG} is missing.")
+    return TrainConfig.from_file(config_path).validate(str(config_path))
 
 
 def load_run(run_dir, progress=True):
-    """A finished (or interrupted) run, back in memory at its newest checkpoint.
+    """A finished (or interrupted) run, back in memory at its newest good checkpoint.
 
     Rebuilds data and model from the saved config and loads the newest
-    complete checkpoint; nothing in the folder is changed. For answering
-    questions or exporting later in a new session.
+    checkpoint whose checksum holds; nothing in the folder is changed. For
+    answering questions or exporting later in a new session.
     """
     run_dir = Path(run_dir)
     run = _build_run(_saved_config(run_dir), run_dir, progress)
-    latest = checkpoint.latest_checkpoint(run_dir)
+    latest = checkpoint.latest_good_checkpoint(run_dir)
     if latest is None:
-        raise UserError(f"{run_dir} has no checkpoint yet: nothing to load (train or resume it first).")
+        raise UserError(f"{run_dir} has no usable checkpoint: nothing to load (train or resume it first).")
     run.trainer.restore(latest, keep_later_metrics=True)
     run.summary = training_summary(run_dir)
     return run
 
 
+def check_resumable(config, latest, log=print):
+    """Refuse a `config.json` edited since checkpoint `latest` in a way that changes the run.
+
+    Changes `resume` can honour (`kerasgemma.config.RESUMABLE_CHANGES`,
+    such as `max_steps`) are logged and kept.
+    """
+    saved = checkpoint.load_config(latest)
+    if saved is None:
+        return
+    refused, allowed = config.changes_from(saved)
+    if refused:
+        raise UserError(
+            f"{Path(latest).parent.parent / files.RUN_CONFIG} was edited since {latest.name} in ways a resume "
+            f"cannot honour: {', '.join(refused)}; undo them, or start a new run with `kerasgemma train`."
+        )
+    if allowed:
+        log(f"resuming with changed settings: {', '.join(allowed)}")
+
+
 def resume(run_dir, progress=True):
-    """Continue a run from its newest complete checkpoint (or from the start).
+    """Continue a run from its newest good checkpoint (or from the start).
 
     The config is the one saved in the run folder, so the data, model and
     batches are rebuilt exactly; the steps after the checkpoint are run again
     and their metrics and sample answers from the killed run are replaced.
+    A damaged checkpoint (its checksum fails) is skipped with a warning.
     """
     run_dir = Path(run_dir)
     config = _saved_config(run_dir)
     check_writable(run_dir)
-    run = _build_run(config, run_dir, progress)
-    latest = checkpoint.latest_checkpoint(run_dir)
-    if latest is not None:
-        run.trainer.restore(latest)
-    truncate_jsonl(run_dir / files.SAMPLES, run.trainer.step)
-    run.fit()
-    run.save_lora()
+    with run_lock(run_dir, "resume"):
+        latest = checkpoint.latest_good_checkpoint(run_dir)
+        if latest is not None:
+            check_resumable(config, latest)
+        elif checkpoint.list_checkpoints(run_dir):
+            print(f"warning: no usable checkpoint in {run_dir / files.CHECKPOINTS_DIR}; starting again from step 0")
+        run = _build_run(config, run_dir, progress)
+        if latest is not None:
+            run.trainer.restore(latest)
+            print(f"resuming from {latest.name}")
+        truncate_jsonl(run_dir / files.SAMPLES, run.trainer.step)
+        run.fit()
+        run.save_lora()
     return run

@@ -46,11 +46,13 @@ def test_yaml_round_trip_and_yaml_1_1_numbers(tmp_path):
     assert config.lora_alpha == 16.0 and config.max_steps is None
 
 
-def test_unknown_keys_warn_and_are_ignored(tmp_path, caplog):
+def test_unknown_keys_warn_and_are_ignored_when_allowed(tmp_path, caplog):
     path = tmp_path / "run.json"
     path.write_text(json.dumps({"lora_rank": 8, "lora_dropout": 0.1, "bogus": 1}))
+    with pytest.raises(ValueError, match="unknown setting 'bogus'"):
+        TrainConfig.from_file(path)
     with caplog.at_level(logging.WARNING, logger="kerasgemma.config"):
-        config = TrainConfig.from_file(path)
+        config = TrainConfig.from_file(path, allow_unknown_keys=True)
     assert config.lora_rank == 8
     assert "Ignoring unknown config keys: bogus, lora_dropout" in caplog.text
 

@@ -16,6 +16,9 @@ def parse(argv):
     return parser.parse_args(["data"] + argv)
 
 
+HANZI = list("的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工也能下过子说产种面而方后多定行学")
+
+
 def write_synthetic(path, rows=3000, seed=0):
     """HC3-like rows with known numbers of bad rows, duplicates and blank lines."""
     rng = np.random.default_rng(seed)
@@ -37,7 +40,9 @@ def write_synthetic(path, rows=3000, seed=0):
             lines.append(last_good)
             expected["duplicates"] += 1
         else:
-            answer = "答" * int(rng.lognormal(np.log(40), 0.8)) + f"第{i}个。"
+            # Varied characters, so a tokenizer trained on the rows cannot
+            # merge an answer into a few pieces: lengths stay HC3-like.
+            answer = "".join(rng.choice(HANZI, size=int(rng.lognormal(np.log(40), 0.8)))) + f"第{i}个。"
             row = {"id": i, "question": f"第{i}个问题是什么？", "human_answers": [answer], "chatgpt_answers": ["x"]}
             last_good = json.dumps(row, ensure_ascii=False)
             lines.append(last_good)

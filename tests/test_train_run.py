@@ -1,6 +1,5 @@
 """A whole tiny run: run folder contents, determinism, resume, guards, progress bar."""
 
-import argparse
 import dataclasses
 import json
 import math
@@ -178,8 +177,8 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(
     tmp_path, where, at_call, message, last_good, last_logged
 ):
     config = tiny_config(tmp_path, eval_every=0)
-    run_dir = run_module.create_run_dir(config.output_dir)
-    trainer, _ = run_module.prepare_run(config, run_dir, progress=False)
+    run = run_module.start_run(config, progress=False)
+    trainer, run_dir = run.trainer, run.run_dir
     _poison(trainer, at_call, where)
     with pytest.raises(TrainingDiverged, match=message) as error:
         trainer.fit()
@@ -199,16 +198,16 @@ def test_unwritable_output_dir_fails_before_loading_anything(tmp_path, monkeypat
     def no_loading(*args, **kwargs):
         raise AssertionError("the output folder must be checked first")
 
-    monkeypatch.setattr(run_module, "prepare_run", no_loading)
+    monkeypatch.setattr(run_module, "_build_run", no_loading)
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     # Tests run as root, where a read-only folder is still writable: a path
     # below a regular file cannot be created by anyone.
     config = tiny_config(tmp_path, output_dir=str(blocker / "runs"))
-    with pytest.raises(UserError, match=r"Cannot create a run folder under .*a-file/runs: Not a directory"):
+    with pytest.raises(UserError, match=r"cannot create a run folder under .*a-file/runs: Not a directory"):
         run_module.train(config)
     assert _command(["train", "--output-dir", str(blocker / "runs"), "--data", config.data]) == 2
-    assert "kerasgemma train: error: Cannot create a run folder under" in capsys.readouterr().err
+    assert "kerasgemma train: error: cannot create a run folder under" in capsys.readouterr().err
 
     monkeypatch.setattr(run_module.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10, 10, 5 * 2**20))
     with pytest.raises(UserError, match=r"Only 5 MiB free on the disk of .*; need at least 100 MiB"):
@@ -219,8 +218,7 @@ def test_unwritable_output_dir_fails_before_loading_anything(tmp_path, monkeypat
 
 def test_progress_bar_shows_loss_tokens_per_second_and_eta(tmp_path, capsys):
     config = tiny_config(tmp_path, eval_every=0, save_every=0, max_steps=3)
-    run_dir = run_module.create_run_dir(config.output_dir)
-    trainer, _ = run_module.prepare_run(config, run_dir, progress=True)
+    trainer = run_module.start_run(config, progress=True).trainer
     trainer.fit(log_every=1)
     drawn = [line for line in capsys.readouterr().err.split("\r") if "train:" in line]
     # e.g. "2/3 [00:03<00:03, 3.17s/step, loss=6.3762, tok_s=40,085]"; tqdm may skip

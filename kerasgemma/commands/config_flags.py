@@ -63,6 +63,8 @@ def add_config_arguments(parser, base=None, fields=None):
     """
     base = base or TrainConfig()
     parser.add_argument("--config", help="YAML or JSON file of settings; flags override it.")
+    parser.add_argument("--allow-unknown-keys", action="store_true",
+                        help="Warn about settings in --config that kerasgemma does not know, instead of refusing.")
     hints = typing.get_type_hints(TrainConfig)
     descriptions = field_descriptions()
     for field in dataclasses.fields(TrainConfig):
@@ -89,7 +91,8 @@ def config_from_args(args, base=None):
     """Resolve a `TrainConfig` from parsed arguments (file, then flags)."""
     config = base or TrainConfig()
     if getattr(args, "config", None):
-        config = TrainConfig.from_file(args.config, base=config)
+        config = TrainConfig.from_file(args.config, base=config,
+                                       allow_unknown_keys=getattr(args, "allow_unknown_keys", False))
     names = {field.name for field in dataclasses.fields(TrainConfig)}
     overrides = {key: value for key, value in vars(args).items() if key in names}
     return dataclasses.replace(config, **overrides)

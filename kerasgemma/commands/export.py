@@ -9,15 +9,25 @@
 
 The folder is checked against the Keras model with transformers (and mlx-lm
 when installed) unless `--no-verify`; a failed check exits 1 and is never
-pushed unless `--force-push`. The Hub token comes from `HF_TOKEN` or
-`huggingface-cli login`; it is never printed or written.
+pushed unless `--force-push`. OUTPUT_DIR must be new, empty or an earlier
+export (replaced atomically); any other folder needs `--overwrite`, and the
+current folder or one holding SOURCE is always refused. A run that did not
+finish is exported from its newest good checkpoint. The Hub token comes from
+`HF_TOKEN` or `hf auth login`, is checked before any work when pushing, and is
+never printed or written.
 """
 
 import argparse
+import contextlib
+import os
 
 from kerasgemma import hub
+from kerasgemma.export.folder import check_output_dir
 from kerasgemma.export.pipeline import export_and_verify
+from kerasgemma.export.source import is_run_folder
+from kerasgemma.export.source import is_unfinished_run
 from kerasgemma.export.source import load_export_source
+from kerasgemma.run_lock import run_lock
 
 DTYPES = ("bfloat16", "float16", "float32")
 
@@ -35,7 +45,9 @@ def add_export_arguments(parser):
     add = parser.add_argument
     add("source", help="A run folder (lora.json + adapter.lora.h5), a keras-hub preset name or "
         "folder, hf://…, tiny:gemma3 or offline:gemma3_270m.")
-    add("output_dir", help="Folder to write (replaced if it exists).")
+    add("output_dir", help="Folder to write: new, empty, or an earlier kerasgemma export (replaced). "
+        "Never the current folder or one holding SOURCE.")
+    add("--overwrite", action="store_true", help="Replace OUTPUT_DIR even if it holds files no export wrote.")
     checkpoint = parser.add_argument_group("checkpoint")
     checkpoint.add_argument("--weights", help="A .weights.h5 (save_weights) loaded into SOURCE first.")
     checkpoint.add_argument("--lora", help="A .lora.h5 (save_lora_weights) applied to SOURCE. Its rank, "
@@ -80,16 +92,33 @@ def add_parser(subparsers):
 
 
 def run(args, log=print):
-    """Run an export from parsed arguments; returns the exit code."""
+    """Run an export from parsed arguments; returns the exit code.
+
+    Everything that can be checked without the model is checked first: the
+    output folder, and the Hub token when pushing.
+    """
+    inputs = [path for path in (args.source, args.lora, args.weights) if path and os.path.exists(path)]
+    check_output_dir(args.output_dir, protect=inputs, overwrite=args.overwrite)
+    if args.push:
+        hub.check_token(args.hub_endpoint, log=log)
+    is_run = os.path.isdir(args.source) and (is_run_folder(args.source) or is_unfinished_run(args.source))
+    # A run folder is locked so that a training cannot rewrite it mid-export;
+    # a read-only one (a shared copy) cannot be trained in by us, nor locked.
+    lock = is_run and os.access(args.source, os.W_OK)
+    with run_lock(args.source, "export") if lock else contextlib.nullcontext():
+        return _export(args, log)
+
+
+def _export(args, log):
     log(f"loading {args.source}")
     source = load_export_source(args.source, lora=args.lora, weights=args.weights, lora_rank=args.lora_rank,
-                                 lora_alpha=args.lora_alpha, lora_targets=args.lora_targets)
+                                 lora_alpha=args.lora_alpha, lora_targets=args.lora_targets, log=log)
     folder, report = export_and_verify(
         source.causal_lm, args.output_dir, adapter_only=args.adapter_only,
         base_model=args.base_model or source.preset,
         dtype=args.dtype, max_shard_size=args.max_shard_size, verify=not args.no_verify,
         max_new_tokens=args.max_new_tokens, atol=args.atol, check_mlx=not args.no_mlx,
-        progress=not args.no_progress, log=log,
+        progress=not args.no_progress, log=log, overwrite=args.overwrite,
     )
     if report is not None:
         log(report.summary())

@@ -13,6 +13,7 @@ import argparse
 
 from kerasgemma.errors import UserError
 from kerasgemma.offline.gguf_file import CACHE_ENV
+from kerasgemma.offline.preset import build_offline_preset
 
 
 def add_parser(subparsers):
@@ -53,8 +54,6 @@ def run(args):
     /root/.cache/kerasgemma/gemma3_270m_pt
     0
     """
-    from kerasgemma.offline.preset import build_offline_preset
-
     try:
         path = build_offline_preset(
             cache_dir=args.cache_dir, force=args.force, progress=True

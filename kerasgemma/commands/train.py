@@ -12,6 +12,7 @@ from kerasgemma.commands.config_flags import config_from_args
 from kerasgemma.run import resume
 from kerasgemma.run import train
 from kerasgemma.train.loop import TrainingDiverged
+from kerasgemma.train.loop import TrainingInterrupted
 
 
 def add_parser(subparsers):
@@ -52,12 +53,24 @@ def _diverged(command, error):
     return 1
 
 
+def report_interrupted(command, error):
+    """Print where an interrupted run was saved and how to continue; return 128 + the signal.
+
+    128 + the signal number is how a shell reports a process the signal killed.
+    """
+    run_dir = error.checkpoint.parent.parent
+    print(f"kerasgemma {command}: {error}\ncontinue with: kerasgemma resume {run_dir}", file=sys.stderr)
+    return 128 + error.signum
+
+
 def run_train(args):
     config = config_from_args(args)
     try:
         return report_run(train(config, progress=not args.no_progress))
     except TrainingDiverged as error:
         return _diverged("train", error)
+    except TrainingInterrupted as error:
+        return report_interrupted("train", error)
 
 
 def run_resume(args):
@@ -65,3 +78,5 @@ def run_resume(args):
         return report_run(resume(args.run_dir, progress=not args.no_progress))
     except TrainingDiverged as error:
         return _diverged("resume", error)
+    except TrainingInterrupted as error:
+        return report_interrupted("resume", error)

@@ -9,7 +9,7 @@ read, examples kept, rows skipped by reason and duplicates removed.
 import os
 
 from kerasgemma.errors import UserError
-from kerasgemma.data.readers import EMPTY_FILE, list_data_files, read_rows
+from kerasgemma.data.readers import EMPTY_FILE, UNSUPPORTED_FILE, list_data_files, read_rows, unsupported_files
 from kerasgemma.data.report import LoadReport
 from kerasgemma.data.rows import RowError, row_to_conversations
 
@@ -71,6 +71,15 @@ def load_examples(
     if subset not in HC3_SUBSETS:
         raise UserError(f"subset must be one of {HC3_SUBSETS}, got {subset!r}.")
     report = LoadReport(files=list_data_files(path, subset=subset))
+    ignored = unsupported_files(path, subset=subset)
+    if ignored and on_error == "raise":
+        raise UserError(
+            f"{os.fspath(path)}: unsupported file(s) {', '.join(map(os.path.basename, ignored[:5]))}"
+            f"{' …' if len(ignored) > 5 else ''} beside the data; convert them to .jsonl/.json/.parquet, "
+            "move them out, or pass --on-error skip to leave them out."
+        )
+    if ignored:
+        report.skipped[UNSUPPORTED_FILE] = len(ignored)
     examples, seen = [], set()
     for row in _rows(report.files, progress):
         # An empty file is reported (and skipped) like a bad row, but it is no row.

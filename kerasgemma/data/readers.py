@@ -14,6 +14,10 @@ import os
 from kerasgemma.errors import MissingFileError, UserError
 
 SUPPORTED_SUFFIXES = (".jsonl", ".json", ".parquet")
+# Files a data folder commonly holds beside its data (a dataset repo's card
+# and loading script); anything else unsupported is named, not ignored.
+NOT_DATA_SUFFIXES = (".md", ".py", ".lock")
+UNSUPPORTED_FILE = "unsupported_file"
 
 # Problem kinds a reader can report (the loader adds the row-level ones).
 INVALID_JSON = "invalid_json"
@@ -77,6 +81,33 @@ def list_data_files(path, subset=None):
             f"{path}: no {'/'.join(SUPPORTED_SUFFIXES)} files in this folder."
         )
     return files
+
+
+def unsupported_files(path, subset=None):
+    """Files in the folder `path` that `list_data_files` would silently leave out.
+
+    Hidden files, documentation and scripts (`NOT_DATA_SUFFIXES`) are not
+    counted; nor is anything when the folder has a `{subset}` file, which is
+    then read alone on purpose.
+
+    Example:
+    >>> import pathlib, tempfile
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> for name in ["a.jsonl", "b.txt", "README.md", ".DS_Store"]:
+    ...     _ = (folder / name).write_text("{}\\n")
+    >>> [os.path.basename(f) for f in unsupported_files(folder)]
+    ['b.txt']
+    """
+    path = os.fspath(path)
+    if not os.path.isdir(path) or (subset and any(
+            os.path.isfile(os.path.join(path, subset + suffix)) for suffix in SUPPORTED_SUFFIXES)):
+        return []
+    return sorted(
+        os.path.join(folder, name)
+        for folder, _, names in os.walk(path)
+        for name in names
+        if not name.endswith(SUPPORTED_SUFFIXES + NOT_DATA_SUFFIXES) and not name.startswith(".")
+    )
 
 
 def read_rows(filename):
@@ -200,8 +231,18 @@ def _skip_space(text, position):
 def _read_parquet(filename):
     import pyarrow.parquet as pq
 
+    table = pq.ParquetFile(filename)
+    columns = table.schema_arrow.names
+    # A missing column would otherwise be reported on every row as an empty one.
+    if "messages" not in columns:
+        missing = [name for name in ("question", "human_answers") if name not in columns]
+        if missing:
+            raise UserError(
+                f"{filename}: missing column {', '.join(missing)} (columns: {', '.join(columns)}); "
+                "rows need question + human_answers, or messages."
+            )
     number = 0
-    for batch in pq.ParquetFile(filename).iter_batches(batch_size=1024):
+    for batch in table.iter_batches(batch_size=1024):
         for value in batch.to_pylist():
             number += 1
             yield Row(f"{filename}:row {number}", value=value)

@@ -27,9 +27,9 @@ import keras
 from kerasgemma.distribution.devices import DeviceInfo
 from kerasgemma.distribution.devices import detect_devices
 from kerasgemma.distribution.layout import FittedModelParallel
+from kerasgemma.distribution.layout import data_parallel_degree
 from kerasgemma.distribution.layout import gemma3_layout_map
 from kerasgemma.distribution.layout import layout_map
-from kerasgemma.distribution.layout import data_parallel_degree
 from kerasgemma.distribution.layout import make_distribution
 from kerasgemma.distribution.layout import pad_to_replicas
 from kerasgemma.distribution.layout import report_unsharded
@@ -40,6 +40,7 @@ from kerasgemma.distribution.strategy import DistributionError
 from kerasgemma.distribution.strategy import Strategy
 from kerasgemma.distribution.strategy import choose_strategy
 from kerasgemma.distribution.strategy import parse_mesh
+from kerasgemma.model import resolve_dtype
 
 
 def plan(preset, dtype, batch_size, distribution="auto", mesh=None, devices=None, verbose=True):
@@ -62,8 +63,6 @@ def plan(preset, dtype, batch_size, distribution="auto", mesh=None, devices=None
     >>> strategy.kind, architecture
     ('none', 'gemma3')
     """
-    from kerasgemma.model import resolve_dtype
-
     devices = devices or detect_devices()
     architecture, config = preset_backbone_config(preset)
     param_bytes = estimate_param_bytes(config, architecture, resolve_dtype(dtype))

@@ -5,7 +5,15 @@ sharded), so the size comes from `config.json` — a few hundred bytes even for
 a Kaggle or Hugging Face preset — not from the weights.
 """
 
+from keras_hub.src.utils.preset_utils import CONFIG_FILE
+from keras_hub.src.utils.preset_utils import load_json
+
 from kerasgemma.distribution.strategy import DistributionError
+from kerasgemma.model import OFFLINE_PRESET
+from kerasgemma.model import TINY_PREFIX
+from kerasgemma.model import preset_error
+from kerasgemma.offline import build_offline_preset
+from kerasgemma.tiny import tiny_backbone_config
 
 # Bytes per weight; mixed policies keep float32 variables.
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "mixed_bfloat16": 4, "mixed_float16": 4}
@@ -61,23 +69,18 @@ def preset_backbone_config(preset):
     >>> architecture, config["num_layers"]
     ('gemma3', 2)
     """
-    from kerasgemma.model import OFFLINE_PRESET, TINY_PREFIX
-
     if preset.startswith(TINY_PREFIX):
-        from kerasgemma.tiny import tiny_backbone_config
-
         architecture = preset[len(TINY_PREFIX) :]
         # The tiny tokenizer's size depends on its training text; ~600 is
         # its usual size and the weights are a few hundred KB either way.
         config = tiny_backbone_config(architecture, 600)
         return ("gemma" if architecture == "gemma2" else architecture), config
     if preset == OFFLINE_PRESET:
-        from kerasgemma.offline import build_offline_preset
-
         preset = build_offline_preset()
-    from keras_hub.src.utils.preset_utils import CONFIG_FILE, load_json
-
-    saved = load_json(preset, CONFIG_FILE)
+    try:
+        saved = load_json(preset, CONFIG_FILE)
+    except ValueError as error:
+        raise preset_error(preset, error) from error
     class_name = saved["class_name"]
     if class_name not in ARCHITECTURE_OF_CLASS:
         raise DistributionError(f"{preset}: backbone {class_name} is not a Gemma text backbone we can lay out.")

@@ -112,6 +112,7 @@ def export_adapter(
     output_dir,
     base_model_name_or_path,
     dtype="float32",
+    overwrite=False,
 ):
     """Write the model's LoRA weights as a PEFT LoRA adapter folder.
 
@@ -120,10 +121,12 @@ def export_adapter(
 
     Args:
         causal_lm: a Gemma causal LM with LoRA enabled.
-        output_dir: str or path. Folder to create (replaced if it exists).
+        output_dir: str or path. Folder to create; a previous export there
+            is replaced, any other non-empty folder refused.
         base_model_name_or_path: str. The base model PEFT records, e.g.
             "google/gemma-2b" or a local base folder.
         dtype: str. Adapter weight dtype; float32 like the Keras LoRA weights.
+        overwrite: bool. Also replace a non-empty folder that is not an export.
 
     Returns:
         str, the absolute path of the folder.
@@ -167,7 +170,7 @@ def export_adapter(
         "inference_mode": True,
         "modules_to_save": None,
     }
-    with atomic_folder(output_dir) as scratch:
+    with atomic_folder(output_dir, overwrite=overwrite) as scratch:
         safetensors_numpy.save_file(
             tensors, os.path.join(scratch, ADAPTER_WEIGHTS), metadata={"format": "pt"}
         )

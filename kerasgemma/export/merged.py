@@ -20,6 +20,7 @@ def export_merged(
     merge_lora=True,
     chat_template=None,
     progress=None,
+    overwrite=False,
 ):
     """Write `causal_lm` as a Hugging Face folder transformers loads directly.
 
@@ -32,7 +33,8 @@ def export_merged(
     Args:
         causal_lm: `keras_hub.models.GemmaCausalLM` or `Gemma3CausalLM`
             (text only), with or without LoRA.
-        output_dir: str or path. Folder to create (replaced if it exists).
+        output_dir: str or path. Folder to create; a previous export there
+            is replaced, any other non-empty folder refused.
         dtype: str. "bfloat16" (default), "float16" or "float32".
         max_shard_size: int or str. Largest safetensors file, e.g. "2GB".
         merge_lora: bool. Merge LoRA into the weights (True), or write the
@@ -40,6 +42,7 @@ def export_merged(
         chat_template: str or None. Jinja chat template; None for Gemma's.
         progress: callable or None. Wraps the tensor iterator, e.g.
             `functools.partial(tqdm.tqdm, total=n)`, to show progress.
+        overwrite: bool. Also replace a non-empty folder that is not an export.
 
     Returns:
         str, the absolute path of the folder.
@@ -55,7 +58,7 @@ def export_merged(
     backbone = causal_lm.backbone
     tokenizer = causal_lm.preprocessor.tokenizer
     config = hf_config(backbone, tokenizer, dtype=dtype)
-    with atomic_folder(output_dir) as scratch:
+    with atomic_folder(output_dir, overwrite=overwrite) as scratch:
         tensors = hf_tensors(backbone, merge_lora=merge_lora)
         if progress is not None:
             tensors = progress(tensors)

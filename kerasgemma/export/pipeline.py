@@ -3,9 +3,9 @@
 import functools
 import os
 import shutil
-import tempfile
 
 from kerasgemma.export.adapter import export_adapter
+from kerasgemma.export.folder import scratch_folder
 from kerasgemma.export.merged import export_merged
 from kerasgemma.export.verify import verify_adapter
 from kerasgemma.export.verify import verify_merged
@@ -32,6 +32,7 @@ def export_and_verify(
     check_mlx=True,
     progress=True,
     log=print,
+    overwrite=False,
 ):
     """Write a merged folder (or a PEFT adapter) and check it against `causal_lm`.
 
@@ -48,6 +49,8 @@ def export_and_verify(
         max_new_tokens, atol, check_mlx: passed to the verification.
         progress: bool. Show a progress bar over the tensors written.
         log: callable for one-line status messages.
+        overwrite: bool. Replace `output_dir` even if it is a non-empty
+            folder that no export wrote (see `kerasgemma.export.folder`).
 
     Returns:
         `(folder, VerificationReport or None)`.
@@ -64,7 +67,8 @@ def export_and_verify(
     bar = _tensor_progress(causal_lm, "writing") if progress else None
     if not adapter_only:
         log(f"writing merged {dtype} folder {output_dir}")
-        folder = export_merged(causal_lm, output_dir, dtype=dtype, max_shard_size=max_shard_size, progress=bar)
+        folder = export_merged(causal_lm, output_dir, dtype=dtype, max_shard_size=max_shard_size, progress=bar,
+                               overwrite=overwrite)
         if not verify:
             return folder, None
         log("verifying with transformers" + (" and mlx-lm" if check_mlx else ""))
@@ -72,11 +76,11 @@ def export_and_verify(
                                      check_mlx=check_mlx)
 
     log(f"writing PEFT adapter {output_dir}")
-    folder = export_adapter(causal_lm, output_dir, base_model_name_or_path=base_model or "base")
+    folder = export_adapter(causal_lm, output_dir, base_model_name_or_path=base_model or "base", overwrite=overwrite)
     if not verify:
         return folder, None
-    parent = os.path.dirname(os.path.abspath(output_dir))
-    scratch = tempfile.mkdtemp(prefix=".verify-base-", dir=parent)
+    # Named like the export's own scratch, so a killed run's is cleaned up too.
+    scratch = scratch_folder(output_dir, "verify")
     try:
         log("writing the base folder the adapter is checked on")
         base = export_merged(causal_lm, os.path.join(scratch, "base"), dtype=dtype,

@@ -28,15 +28,14 @@ import numpy as np
 
 from kerasgemma.atomic import read_json
 from kerasgemma.atomic import write_text_atomic
-from kerasgemma.export.safetensors_io import cast, read_weight_map
-from kerasgemma.export.tokenizer_files import (
-    special_token_ids,
-    stop_token_ids,
-    turn_markers,
-)
-from kerasgemma.export.weights import hf_tensors
 from kerasgemma.errors import UserError
 from kerasgemma.export.mlx_check import mlx_greedy
+from kerasgemma.export.safetensors_io import cast
+from kerasgemma.export.safetensors_io import read_weight_map
+from kerasgemma.export.tokenizer_files import special_token_ids
+from kerasgemma.export.tokenizer_files import stop_token_ids
+from kerasgemma.export.tokenizer_files import turn_markers
+from kerasgemma.export.weights import hf_tensors
 from kerasgemma.files import ADAPTER_CONFIG
 from kerasgemma.files import HF_CONFIG
 from kerasgemma.files import VERIFICATION_REPORT

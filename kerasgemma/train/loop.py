@@ -7,6 +7,9 @@ resumed run sees exactly the batches the uninterrupted run would have seen.
 """
 
 import math
+import signal
+import sys
+import threading
 import time
 
 import jax
@@ -14,18 +17,64 @@ import keras
 import numpy as np
 from tqdm.auto import tqdm
 
+from kerasgemma.distribution import shard_batch
+from kerasgemma.errors import UserError
 from kerasgemma.train import checkpoint
 from kerasgemma.train.metrics import MetricsLog
 from kerasgemma.train.optimizer import make_optimizer
 from kerasgemma.train.optimizer import make_schedule
 from kerasgemma.train.step import make_eval_step
-from kerasgemma.distribution import shard_batch
 from kerasgemma.train.step import make_train_step
 from kerasgemma.train.step import stack_micro_batches
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT/SIGTERM stopped training after a whole step, whose checkpoint was saved.
+
+    Args:
+        signum: int. The signal received.
+        step: int. The last step run (and saved).
+        checkpoint: pathlib.Path. The checkpoint of that step.
+    """
+
+    def __init__(self, signum, step, checkpoint):
+        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}; saved {checkpoint}")
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+
+
+class _StopRequest:
+    """Turn the first SIGINT/SIGTERM into a request to stop after the current step.
+
+    The step in flight finishes and is checkpointed (an exception in the
+    middle of a step would lose it); a second signal aborts at once with
+    `KeyboardInterrupt`. Handlers are installed only in the main thread
+    (Python allows no other) and restored on exit.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name}: stopping after this step and saving a checkpoint "
+              "(press Ctrl-C again to abort without saving)", file=sys.stderr)
+
+    def install(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
+
+    def restore(self):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
 
 class Trainer:
@@ -137,12 +186,12 @@ class Trainer:
         saved = checkpoint.load_checkpoint(path)
         trainable, optimizer_variables = self.state
         if len(saved["trainable"]) != len(trainable) or len(saved["optimizer"]) != len(optimizer_variables):
-            raise ValueError(f"{path}: checkpoint does not match this model's LoRA settings.")
+            raise UserError(f"{path}: checkpoint does not match this model's LoRA settings.")
         step = saved["progress"]["step"]
         expected = self._progress(step)
         found = {key: saved["progress"].get(key) for key in expected}
         if found != expected:
-            raise ValueError(
+            raise UserError(
                 f"{path}: saved data position {found} but these settings put step {step} at {expected}; "
                 "the batching settings changed since the checkpoint."
             )
@@ -255,6 +304,8 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", disable=not self.progress)
         pending, tokens_seen, started = [], 0, time.perf_counter()
         self._window_start = started
+        stop = _StopRequest()
+        stop.install()
         try:
             while self.step < self.total_steps:
                 micro_batches = self.batches_for_step(self.step)
@@ -279,9 +330,13 @@ class Trainer:
                         self.on_evaluate(self, self.step, record)
                     self._window_start = time.perf_counter()
                 if do_save:
-                    self.save()
+                    saved = self.save()
                     self._window_start = time.perf_counter()
+                if stop.signum is not None and not is_last:
+                    self._record_losses(pending, bar)
+                    raise TrainingInterrupted(stop.signum, self.step, saved if do_save else self.save())
         finally:
+            stop.restore()
             # Also after a divergence or an interrupt: the curve up to there
             # is what one looks at next.
             bar.close()
