@@ -9,6 +9,7 @@ turn markers as user-defined pieces. Special ids follow Gemma: pad=0, eos=1,
 bos=2, unk=3.
 """
 
+import functools
 import io
 
 from kerasgemma.backend import ensure_jax_backend
@@ -45,7 +46,16 @@ def build_tiny_tokenizer_proto(texts=(), vocabulary_size=600):
     >>> proto = build_tiny_tokenizer_proto(["你好，世界"], vocabulary_size=300)
     >>> len(proto) > 0
     True
+    >>> build_tiny_tokenizer_proto(["你好，世界"], vocabulary_size=300) is proto  # cached
+    True
     """
+    return _train_tiny_tokenizer(tuple(texts), int(vocabulary_size))
+
+
+@functools.lru_cache(maxsize=64)
+def _train_tiny_tokenizer(texts, vocabulary_size):
+    # Memoised: training is deterministic (one thread, fixed corpus order), so
+    # the same texts give the same bytes; bytes are immutable, safe to share.
     texts = list(texts) + _TINY_CORPUS_EXTRA
     characters = len(set("".join(texts)))
     vocabulary_size = max(vocabulary_size, characters + 300 + len(TURN_PIECES + IMAGE_PIECES))
