@@ -20,7 +20,6 @@ from keras_hub.src.models.gemma import gemma_attention, gemma_decoder_block
 from keras_hub.src.models.gemma3 import gemma3_attention, gemma3_decoder_block
 
 from kerasgemma.attention import packed_attention, segment_causal_mask
-from kerasgemma.tiny import build_tiny_causal_lm
 
 # sha256[:16] of the source of every keras-hub function the patch relies on,
 # as in keras-hub 0.32.0. What each one must keep doing:
@@ -82,12 +81,12 @@ def test_keras_hub_looks_up_the_attention_op_on_keras_ops():
 # above); its logit soft cap reaches the fused op only on TPU, which JAX on CPU
 # refuses, so it is not run here.
 @pytest.mark.parametrize("architecture", ["gemma", "gemma3"])
-def test_fused_op_gets_the_segment_mask_and_is_causal(architecture, monkeypatch):
+def test_fused_op_gets_the_segment_mask_and_is_causal(architecture, monkeypatch, shared_tiny_lm):
     """On the fused path (GPU/TPU) the op sees `is_causal=True` and our mask, and the result is unchanged.
 
     On CPU keras-hub does not use the fused op, so it is forced here.
     """
-    lm = build_tiny_causal_lm(architecture)
+    lm = shared_tiny_lm(architecture)  # packed_attention restores it; the class patch is undone by monkeypatch
     segment_ids = np.array([[1, 1, 1, 2, 2, 2, 0, 0]])
     inputs = {"token_ids": np.array([[2, 10, 11, 2, 12, 13, 0, 0]]), "padding_mask": segment_ids != 0}
     with packed_attention(lm.backbone, segment_ids):

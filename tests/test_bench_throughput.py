@@ -3,9 +3,9 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
+from helpers import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 
 
 def test_train_throughput_smoke(tmp_path):

@@ -13,12 +13,13 @@ import sys
 
 import numpy as np
 import pytest
-from test_hub import TOKEN, HubStandIn
+from helpers import TOKEN, HubStandIn
 
 from kerasgemma.model import enable_lora
 from kerasgemma.tiny import build_tiny_causal_lm
+from helpers import REPO_ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(REPO_ROOT)
 SCRIPT = os.path.join(ROOT, "export", "convert_to_hf.py")
 LORA = {"rank": 2, "alpha": 4, "targets": ["query", "value"]}
 

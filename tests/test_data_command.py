@@ -1,19 +1,18 @@
 """`kerasgemma data` over a few thousand synthetic rows, some bad: counts and speed."""
 
-import argparse
 import json
 import time
 
 import numpy as np
+
+from helpers import parse_subcommand
 
 from kerasgemma import cli
 from kerasgemma.commands import data as command
 
 
 def parse(argv):
-    parser = argparse.ArgumentParser()
-    command.add_parser(parser.add_subparsers())
-    return parser.parse_args(["data"] + argv)
+    return parse_subcommand(command, "data", argv)
 
 
 def write_synthetic(path, rows=3000, seed=0):

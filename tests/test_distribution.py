@@ -42,8 +42,8 @@ def test_docstring_examples_hold_on_eight_devices():
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
-def test_parameter_count_matches_built_model(architecture):
-    lm = build_tiny_causal_lm(architecture)
+def test_parameter_count_matches_built_model(architecture, shared_tiny_lm):
+    lm = shared_tiny_lm(architecture)
     config = tiny_backbone_config(architecture, lm.backbone.vocabulary_size)
     assert sizing.count_parameters(config, architecture) == lm.backbone.count_params()
 

@@ -4,8 +4,9 @@ import json
 import os
 import subprocess
 import sys
+from helpers import REPO_ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(REPO_ROOT)
 
 
 def test_multi_gpu_bench_smoke(tmp_path):

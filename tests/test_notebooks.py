@@ -20,8 +20,9 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from helpers import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 SAMPLE_DATA = ROOT / "kerasgemma" / "data" / "sample" / "hc3_baike_sample.jsonl"
 KERNEL_NAME = "kerasgemma-test"

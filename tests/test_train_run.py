@@ -1,6 +1,5 @@
 """A whole tiny run: run folder contents, determinism, resume, guards, progress bar."""
 
-import argparse
 import dataclasses
 import json
 import math
