@@ -13,11 +13,10 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import TOKEN, HubStandIn
+from helpers import REPO_ROOT, TOKEN, HubStandIn
 
 from kerasgemma.model import enable_lora
 from kerasgemma.tiny import build_tiny_causal_lm
-from helpers import REPO_ROOT
 
 ROOT = str(REPO_ROOT)
 SCRIPT = os.path.join(ROOT, "export", "convert_to_hf.py")

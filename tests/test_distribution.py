@@ -24,6 +24,7 @@ TWO_H100 = DeviceInfo("gpu", 2, 80 * GiB, "NVIDIA H100 80GB HBM3")
 DOCTEST_MODULES = [distribution, devices_module, layout_module, sizing, strategy]
 
 
+@pytest.mark.slow
 def test_docstring_examples_hold_on_eight_devices():
     """The examples (run on this one device by test_doctests.py) hold on a TPU v3-8-like host too."""
     names = [module.__name__ for module in DOCTEST_MODULES]

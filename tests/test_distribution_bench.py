@@ -4,11 +4,14 @@ import json
 import os
 import subprocess
 import sys
+
+import pytest
 from helpers import REPO_ROOT
 
 ROOT = str(REPO_ROOT)
 
 
+@pytest.mark.slow
 def test_multi_gpu_bench_smoke(tmp_path):
     out = tmp_path / "bench.json"
     subprocess.run(

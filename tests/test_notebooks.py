@@ -154,6 +154,7 @@ def check_run(notebook, output_dir):
     assert "push skipped" in text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
 def test_notebook_runs_on_cpu(path, kernel, tmp_path):
     output_dir = tmp_path / "runs"
