@@ -14,8 +14,27 @@ MODULES = sorted(
     if not info.name.endswith("__main__")
 )
 
+# Examples that export a model to a Hugging Face folder and load it in
+# transformers / mlx-lm. `make test` runs them; `make test-fast` skips them,
+# as tests/test_export_*.py and test_convert_script.py cover the same code.
+HF_EXPORT_EXAMPLES = {
+    "kerasgemma.export",
+    "kerasgemma.export.adapter",
+    "kerasgemma.export.merged",
+    "kerasgemma.export.mlx_check",
+    "kerasgemma.export.pipeline",
+    "kerasgemma.export.verify",
+}
 
-@pytest.mark.parametrize("name", MODULES)
+
+def test_hf_export_examples_are_modules():
+    assert HF_EXPORT_EXAMPLES <= set(MODULES)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(name, marks=pytest.mark.slow) if name in HF_EXPORT_EXAMPLES else name for name in MODULES],
+)
 def test_docstring_examples(name):
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
