@@ -56,6 +56,7 @@ def test_train_help_shows_every_config_field(capsys):
         assert "--" + field.name.replace("_", "-") in text
 
 
+@pytest.mark.slow
 def test_python_dash_m_entry_point():
     done = subprocess.run(
         [sys.executable, "-m", "kerasgemma", "--help"], capture_output=True, text=True, timeout=300

@@ -80,6 +80,7 @@ def test_help_is_complete():
         assert flag in done.stdout, flag
 
 
+@pytest.mark.slow
 def test_run_folder_is_verified_and_pushed(saved, tmp_path):
     out = tmp_path / "hf"
     with HubStandIn() as standin:
