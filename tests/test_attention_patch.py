@@ -13,13 +13,11 @@ import hashlib
 import inspect
 
 import keras
-import numpy as np
 import pytest
 from keras_hub.src.layers.modeling import rotary_embedding
 from keras_hub.src.models.gemma import gemma_attention, gemma_decoder_block
 from keras_hub.src.models.gemma3 import gemma3_attention, gemma3_decoder_block
 
-from kerasgemma.attention import packed_attention, segment_causal_mask
 
 # sha256[:16] of the source of every keras-hub function the patch relies on,
 # as in keras-hub 0.32.0. What each one must keep doing:
@@ -77,48 +75,6 @@ def test_keras_hub_looks_up_the_attention_op_on_keras_ops():
     assert "is_causal" in inspect.signature(keras.ops.dot_product_attention).parameters
 
 
-# Gemma 2 shares CachedGemmaAttention._compute_attention with Gemma (pinned
-# above); its logit soft cap reaches the fused op only on TPU, which JAX on CPU
-# refuses, so it is not run here.
-@pytest.mark.parametrize("architecture", ["gemma", "gemma3"])
-def test_fused_op_gets_the_segment_mask_and_is_causal(architecture, monkeypatch, shared_tiny_lm):
-    """On the fused path (GPU/TPU) the op sees `is_causal=True` and our mask, and the result is unchanged.
-
-    On CPU keras-hub does not use the fused op, so it is forced here.
-    """
-    lm = shared_tiny_lm(architecture)  # packed_attention restores it; the class patch is undone by monkeypatch
-    segment_ids = np.array([[1, 1, 1, 2, 2, 2, 0, 0]])
-    inputs = {"token_ids": np.array([[2, 10, 11, 2, 12, 13, 0, 0]]), "padding_mask": segment_ids != 0}
-    with packed_attention(lm.backbone, segment_ids):
-        unfused = lm.backbone(inputs)
-
-    calls = []
-    real = keras.ops.dot_product_attention
-
-    def spy(*args, **kwargs):
-        calls.append(kwargs)
-        return real(*args, **kwargs)
-
-    attention_cls = type(lm.backbone.transformer_layers[0].attention)
-    monkeypatch.setattr(attention_cls, "_use_fused_attention_op", lambda self: True)
-    monkeypatch.setattr(keras.ops, "dot_product_attention", spy)
-    with packed_attention(lm.backbone, segment_ids):
-        fused = lm.backbone(inputs)
-    assert keras.ops.dot_product_attention is spy, "causal_attention_op did not restore keras.ops"
-
-    assert len(calls) == lm.backbone.num_layers, (
-        f"keras-hub's {attention_cls.__name__} no longer calls keras.ops.dot_product_attention once per layer "
-        "on the fused path: " + RECHECK.format(name=attention_cls.__name__ + "._compute_attention")
-    )
-    segment_mask = np.asarray(segment_causal_mask(segment_ids))
-    for kwargs in calls:
-        assert kwargs.get("is_causal") is True
-        mask = np.asarray(kwargs["mask"])
-        assert mask.shape == (1, 1, 8, 8)
-        # Our mask, possibly narrowed by a sliding window, never across examples.
-        assert not (mask[0, 0] & ~segment_mask[0]).any(), "the op got a mask that is not packed_attention's"
-        assert mask[0, 0].diagonal().all()
-    if architecture == "gemma":  # no sliding window: exactly our mask
-        assert all((np.asarray(kwargs["mask"])[0, 0] == segment_mask[0]).all() for kwargs in calls)
-    real_rows = segment_ids[0] != 0
-    np.testing.assert_allclose(np.asarray(fused)[0, real_rows], np.asarray(unfused)[0, real_rows], atol=1e-5)
+# What the patch does on the fused path (is_causal=True, our mask, one call per
+# layer, results unchanged) is checked by test_data_packing.py::
+# test_fused_attention_path_with_causal_hint_matches_examples_alone.
