@@ -1,6 +1,8 @@
 # Two entry points for a fresh machine (see README):
 #   make demo   create .venv, then fine-tune + export + verify on the embedded default
-#   make test   create .venv, then run the whole test suite
+#   make test   create .venv, then run the whole test suite (CI: .ci/run)
+# For developers:
+#   make test-fast   the suite without tests marked slow (a few minutes)
 PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
@@ -9,7 +11,7 @@ export KERAS_BACKEND = jax
 # Keep TensorFlow (pulled in by tensorflow-text) quiet and off the GPU.
 export TF_CPP_MIN_LOG_LEVEL = 3
 
-.PHONY: demo test env clean
+.PHONY: demo test test-fast env clean
 
 env: $(STAMP)
 
@@ -25,6 +27,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) runs

@@ -24,6 +24,26 @@ Gemma 2B and Gemma 3 1B, equal loss; bench/NOTES.md). The result is the same,
 since the mask already excludes those positions.
 """
 
+# KERAS-HUB INTERNALS. This module patches private parts of keras-hub 0.32
+# (keras_hub/src/models/gemma/gemma_attention.py, gemma_decoder_block.py and
+# their gemma3/ twins); tests/test_attention_patch.py pins their source and
+# fails on any keras-hub upgrade that changes them. What breaks, and where:
+# - If a decoder block's `call` stops taking its mask from
+#   `self._compute_attention_mask(...)`, our override is ignored and packed
+#   examples silently attend to the examples before them (loss still looks
+#   fine; the model learns across example boundaries).
+# - If the attention layers stop rotating q/k through
+#   `self.rope_layer(x, start_index=...)`, positions no longer restart per
+#   example: a packed example is computed differently than alone and than at
+#   generation time (the packed-vs-alone tests in test_data_packing fail).
+# - `causal_attention_op` replaces `keras.ops.dot_product_attention` for the
+#   WHOLE PROCESS while the `with` block is open (all threads, every caller),
+#   not just for this backbone. Anything else calling the op inside the block
+#   gets `is_causal=True`; only use it around code whose masks are causal. If
+#   keras-hub imports the op by name (`from keras.ops import ...`) instead of
+#   looking it up on `keras.ops`, the hint is lost (results stay correct, the
+#   ~5% GPU speed-up goes).
+
 import contextlib
 import functools
 

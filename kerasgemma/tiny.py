@@ -13,6 +13,7 @@ encoder) and its tokenizer carries Gemma 4's own markers (`<|turn>`,
 `<turn|>`, thinking, tool and media pieces) instead of Gemma 1–3's.
 """
 
+import functools
 import io
 
 import keras
@@ -75,9 +76,19 @@ def build_tiny_tokenizer_proto(texts=(), vocabulary_size=600, special_pieces=Non
     >>> proto = build_tiny_tokenizer_proto(["你好，世界"], vocabulary_size=300)
     >>> len(proto) > 0
     True
+    >>> build_tiny_tokenizer_proto(["你好，世界"], vocabulary_size=300) is proto  # cached
+    True
     """
     if special_pieces is None:
         special_pieces = TURN_PIECES + IMAGE_PIECES
+    return _train_tiny_tokenizer(tuple(texts), int(vocabulary_size), tuple(special_pieces))
+
+
+@functools.lru_cache(maxsize=64)
+def _train_tiny_tokenizer(texts, vocabulary_size, special_pieces):
+    # Memoised: training is deterministic (one thread, fixed corpus order), so
+    # the same texts give the same bytes; bytes are immutable, safe to share.
+    special_pieces = list(special_pieces)
     texts = list(texts) + _TINY_CORPUS_EXTRA
     characters = len(set("".join(texts)))
     vocabulary_size = max(vocabulary_size, characters + 300 + len(special_pieces))

@@ -3,11 +3,14 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import pytest
+from helpers import REPO_ROOT
+
+ROOT = REPO_ROOT
 
 
+@pytest.mark.slow
 def test_train_throughput_smoke(tmp_path):
     out = tmp_path / "smoke.json"
     done = subprocess.run(
@@ -31,6 +34,7 @@ def test_train_throughput_smoke(tmp_path):
     assert packed > 0.95 > 0.5 > padded
 
 
+@pytest.mark.slow
 def test_levers_smoke_with_kernel_summary(tmp_path):
     out = tmp_path / "levers.json"
     done = subprocess.run(

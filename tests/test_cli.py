@@ -1,5 +1,6 @@
 """The command line: every subcommand's --help tells its flags, and the entry point runs."""
 
+import re
 import subprocess
 import sys
 
@@ -8,6 +9,16 @@ import pytest
 from kerasgemma.cli import make_parser
 
 SUBCOMMANDS = ["demo", "data", "train", "resume", "offline-model", "export"]
+
+# Flags (and positionals) each subcommand's --help must show, besides --help.
+EXPECTED_HELP = {
+    "demo": ["--held-out", "--export-dtype", "--skip-export", "--no-progress", "--config", "--preset", "--lora-rank"],
+    "data": ["path", "--subset", "--on-error", "--json", "--preset", "--sequence-length", "--mode"],
+    "train": ["--config", "--preset", "--lora-rank", "--no-progress"],
+    "resume": ["run_dir", "--no-progress"],
+    "offline-model": ["--cache-dir", "--force"],
+    "export": ["--weights", "--lora", "--adapter-only", "--dtype", "--no-verify", "--atol", "--no-mlx", "--push"],
+}
 
 
 def test_every_subcommand_is_registered():
@@ -23,7 +34,14 @@ def test_help_lists_flags(name, capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert text.startswith("usage: kerasgemma " + name)
-    assert "--" in text
+    # Whole words only: "--lora" must not be satisfied by "--lora-rank".
+    missing = [flag for flag in EXPECTED_HELP[name]
+               if not re.search(r"(?<![\w-])" + re.escape(flag) + r"(?![\w-])", text)]
+    assert not missing, f"`kerasgemma {name} --help` does not show {missing}:\n{text}"
+
+
+def test_expected_help_covers_every_subcommand():
+    assert sorted(EXPECTED_HELP) == sorted(SUBCOMMANDS)
 
 
 def test_train_help_shows_every_config_field(capsys):
@@ -38,6 +56,7 @@ def test_train_help_shows_every_config_field(capsys):
         assert "--" + field.name.replace("_", "-") in text
 
 
+@pytest.mark.slow
 def test_python_dash_m_entry_point():
     done = subprocess.run(
         [sys.executable, "-m", "kerasgemma", "--help"], capture_output=True, text=True, timeout=300

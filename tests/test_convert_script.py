@@ -13,12 +13,12 @@ import sys
 
 import numpy as np
 import pytest
-from test_hub import TOKEN, HubStandIn
+from helpers import REPO_ROOT, TOKEN, HubStandIn
 
 from kerasgemma.model import enable_lora
 from kerasgemma.tiny import build_tiny_causal_lm
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(REPO_ROOT)
 SCRIPT = os.path.join(ROOT, "export", "convert_to_hf.py")
 LORA = {"rank": 2, "alpha": 4, "targets": ["query", "value"]}
 
@@ -80,6 +80,7 @@ def test_help_is_complete():
         assert flag in done.stdout, flag
 
 
+@pytest.mark.slow
 def test_run_folder_is_verified_and_pushed(saved, tmp_path):
     out = tmp_path / "hf"
     with HubStandIn() as standin:

@@ -1,19 +1,18 @@
 """`kerasgemma data` over a few thousand synthetic rows, some bad: counts and speed."""
 
-import argparse
 import json
 import time
 
 import numpy as np
+
+from helpers import parse_subcommand
 
 from kerasgemma import cli
 from kerasgemma.commands import data as command
 
 
 def parse(argv):
-    parser = argparse.ArgumentParser()
-    command.add_parser(parser.add_subparsers())
-    return parser.parse_args(["data"] + argv)
+    return parse_subcommand(command, "data", argv)
 
 
 HANZI = list("的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工也能下过子说产种面而方后多定行学")

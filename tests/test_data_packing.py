@@ -156,7 +156,17 @@ def test_fused_attention_path_with_causal_hint_matches_examples_alone(architectu
     token_ids = np.concatenate([first, second])[None]
     with packed_attention(lm.backbone, np.array([[1] * 20 + [2] * 12])):
         packed = lm.backbone({"token_ids": token_ids, "padding_mask": np.ones_like(token_ids, bool)})
-    assert calls and all(call.get("is_causal") for call in calls)
+    # One fused call per layer (keras-hub internals, pinned in test_attention_patch.py), each with
+    # is_causal and packed_attention's mask, at most narrowed by a sliding window.
+    assert len(calls) == lm.backbone.num_layers and all(call.get("is_causal") for call in calls)
+    from kerasgemma.attention import segment_causal_mask
+
+    segment_mask = np.asarray(segment_causal_mask(np.array([[1] * 20 + [2] * 12])))[0]
+    for call in calls:
+        mask = np.asarray(call["mask"])[0, 0]
+        assert mask.shape == (32, 32) and mask.diagonal().all() and not (mask & ~segment_mask).any()
+    if architecture == "gemma":  # no sliding window: exactly the segment mask
+        assert all((np.asarray(call["mask"])[0, 0] == segment_mask).all() for call in calls)
     assert keras.ops.dot_product_attention is spy  # restored on exit
     alone = lm.backbone({"token_ids": second[None], "padding_mask": np.ones((1, 12), bool)})
     np.testing.assert_allclose(np.asarray(packed)[0, 20:], np.asarray(alone)[0], atol=1e-5, rtol=0)

@@ -40,6 +40,7 @@ def lora_b_norms(path):
     return norms
 
 
+@pytest.mark.slow
 def test_demo_tiny_model_end_to_end(tmp_path):
     run_dir, stdout = run_demo(tmp_path, "--preset", "tiny:gemma3", "--max-steps", "4", "--learning-rate", "0.01")
     report = json.loads((run_dir / "demo_report.json").read_text())

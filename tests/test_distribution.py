@@ -1,7 +1,9 @@
-"""Strategy choice, sizing, layout rules and errors, on the suite's single device."""
+"""Strategy choice, sizing, layout rules and errors, on the suite's single device (docstring examples on eight too)."""
 
-import doctest
+import os
 import re
+import subprocess
+import sys
 
 import keras
 import pytest
@@ -23,15 +25,30 @@ TPU_V3_8 = DeviceInfo("tpu", 8, 16 * GiB, "TPU v3")
 TWO_H100 = DeviceInfo("gpu", 2, 80 * GiB, "NVIDIA H100 80GB HBM3")
 
 
-@pytest.mark.parametrize("module", [distribution, devices_module, layout_module, sizing, strategy])
-def test_docstring_examples(module):
-    result = doctest.testmod(module)
-    assert result.failed == 0 and result.attempted > 0
+DOCTEST_MODULES = [distribution, devices_module, layout_module, sizing, strategy]
+
+
+@pytest.mark.slow
+def test_docstring_examples_hold_on_eight_devices():
+    """The examples (run on this one device by test_doctests.py) hold on a TPU v3-8-like host too."""
+    names = [module.__name__ for module in DOCTEST_MODULES]
+    script = (
+        "import doctest, importlib, sys\n"
+        "import jax\n"
+        "assert jax.device_count() == 8, jax.devices()\n"
+        f"for name in {names!r}:\n"
+        "    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)\n"
+        "    assert result.attempted > 0, name\n"
+        "    if result.failed: sys.exit(f'{result.failed} example(s) failed in {name}')\n"
+    )
+    environment = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", KERAS_BACKEND="jax")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environment, timeout=600)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
-def test_parameter_count_matches_built_model(architecture):
-    lm = build_tiny_causal_lm(architecture)
+def test_parameter_count_matches_built_model(architecture, shared_tiny_lm):
+    lm = shared_tiny_lm(architecture)
     config = tiny_backbone_config(architecture, lm.backbone.vocabulary_size)
     assert sizing.count_parameters(config, architecture) == lm.backbone.count_params()
 

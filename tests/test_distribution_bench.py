@@ -5,9 +5,13 @@ import os
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import pytest
+from helpers import REPO_ROOT
+
+ROOT = str(REPO_ROOT)
 
 
+@pytest.mark.slow
 def test_multi_gpu_bench_smoke(tmp_path):
     out = tmp_path / "bench.json"
     subprocess.run(

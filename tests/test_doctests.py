@@ -14,8 +14,33 @@ MODULES = sorted(
     if not info.name.endswith("__main__")
 )
 
+# Examples that export a model to a Hugging Face folder and load it in
+# transformers / mlx-lm. `make test` runs them; `make test-fast` skips them,
+# as tests/test_export_*.py and test_convert_script.py cover the same code.
+HF_EXPORT_EXAMPLES = {
+    "kerasgemma.export",
+    "kerasgemma.export.adapter",
+    "kerasgemma.export.merged",
+    "kerasgemma.export.mlx_check",
+    "kerasgemma.export.pipeline",
+    "kerasgemma.export.verify",
+}
 
-@pytest.mark.parametrize("name", MODULES)
+
+# Examples that compile a generate function or run training steps (tens of
+# seconds on 2 CPU cores); test_generate.py and test_train_*.py cover them fast.
+COMPILING_EXAMPLES = {"kerasgemma.generate", "kerasgemma.train.loop"}
+SLOW_EXAMPLES = HF_EXPORT_EXAMPLES | COMPILING_EXAMPLES
+
+
+def test_slow_examples_are_modules():
+    assert SLOW_EXAMPLES <= set(MODULES)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(name, marks=pytest.mark.slow) if name in SLOW_EXAMPLES else name for name in MODULES],
+)
 def test_docstring_examples(name):
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)

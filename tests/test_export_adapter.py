@@ -4,7 +4,7 @@ import json
 import os
 
 import pytest
-from test_export_merged import ALL_LINEAR, CASES, lora_model
+from helpers import ALL_LINEAR, CASES, lora_model
 
 from kerasgemma.export import export_merged, verify_export
 from kerasgemma.export.adapter import export_adapter

@@ -12,47 +12,10 @@ ensure_jax_backend()
 
 import keras_hub  # noqa: E402
 
+from helpers import CASES, lora_model  # noqa: E402
+
 from kerasgemma.export import export_merged, verify_export  # noqa: E402
 from kerasgemma.tiny import build_tiny_causal_lm, tiny_backbone_config  # noqa: E402
-
-ALL_LINEAR = [
-    "query",
-    "key",
-    "value",
-    "attention_output",
-    "ffw_gating",
-    "ffw_gating_2",
-    "ffw_linear",
-]
-
-
-def lora_model(architecture, num_key_value_heads=1, num_layers=2, targets=None, rank=2):
-    """A tiny causal LM with LoRA whose A and B are random (a dropped LoRA shows)."""
-    lm = build_tiny_causal_lm(architecture, num_key_value_heads=num_key_value_heads)
-    if num_layers != lm.backbone.num_layers:
-        config = tiny_backbone_config(
-            architecture, lm.backbone.vocabulary_size, num_key_value_heads
-        )
-        backbone = type(lm.backbone)(**dict(config, num_layers=num_layers))
-        lm = type(lm)(backbone=backbone, preprocessor=lm.preprocessor)
-    lm.backbone.enable_lora(rank, target_layer_names=targets)
-    rng = np.random.default_rng(0)
-    for layer in lm.backbone._flatten_layers():
-        if getattr(layer, "lora_enabled", False):
-            layer.lora_kernel_a.assign(rng.normal(0, 0.3, layer.lora_kernel_a.shape))
-            layer.lora_kernel_b.assign(rng.normal(0, 0.3, layer.lora_kernel_b.shape))
-    return lm
-
-
-CASES = {
-    # Gemma 1 2B shape (one KV head) and 7B shape (KV heads = query heads).
-    "gemma_1kv": dict(architecture="gemma", num_key_value_heads=1),
-    "gemma_4kv": dict(architecture="gemma", num_key_value_heads=4, targets=ALL_LINEAR),
-    "gemma2": dict(architecture="gemma2", num_key_value_heads=2, targets=ALL_LINEAR),
-    # 6 layers: 5 sliding + 1 global, and mlx-lm needs >= 6 Gemma 3 layers.
-    "gemma3": dict(architecture="gemma3", num_layers=6),
-}
-
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_merged_export_matches_keras(case, tmp_path):

@@ -7,15 +7,18 @@ layers with fewer KV heads, MoE beside the dense MLP). LoRA is on every
 projection with random non-zero A and B, so a dropped LoRA shows.
 """
 
+import importlib.util
 import json
 import os
 
 import numpy as np
 import pytest
-from test_export_merged import ALL_LINEAR, lora_model
+from safetensors.numpy import load_file
+from helpers import ALL_LINEAR, REPO_ROOT, lora_model
 
 from kerasgemma.export import export_merged, verify_export
 from kerasgemma.export.adapter import export_adapter
+from kerasgemma.tiny import build_tiny_causal_lm
 
 PLE = ["per_layer_input_gate", "per_layer_up_proj"]
 
@@ -80,10 +83,6 @@ def test_chat_template_renders_gemma4_turns(tmp_path):
 
 def test_convert_script_with_keras_hub_lora_file(tmp_path):
     """A preset folder + a `.lora.h5` written by keras-hub itself."""
-    import importlib.util
-
-    from test_export_merged import build_tiny_causal_lm
-
     lm = build_tiny_causal_lm("gemma4")
     preset = str(tmp_path / "preset")
     lm.save_to_preset(preset)
@@ -94,10 +93,7 @@ def test_convert_script_with_keras_hub_lora_file(tmp_path):
             layer.lora_kernel_b.assign(rng.normal(0, 0.3, layer.lora_kernel_b.shape))
     lora_file = str(tmp_path / "x.lora.h5")
     lm.backbone.save_lora_weights(lora_file)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    spec = importlib.util.spec_from_file_location(
-        "convert_to_hf", os.path.join(root, "export", "convert_to_hf.py")
-    )
+    spec = importlib.util.spec_from_file_location("convert_to_hf", REPO_ROOT / "export" / "convert_to_hf.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     out = tmp_path / "hf"
@@ -106,8 +102,6 @@ def test_convert_script_with_keras_hub_lora_file(tmp_path):
     report = json.load(open(out / "verification.json"))
     assert report["passed"] and report["max_abs_logits_diff"] < 1e-4
     # The exported q_proj carries the LoRA update, not the frozen base.
-    from safetensors.numpy import load_file
-
     q = load_file(str(out / "model.safetensors"))["model.layers.0.self_attn.q_proj.weight"]
     base = np.asarray(lm.backbone.get_layer("decoder_block_0").attention.query_dense._kernel)
     assert not np.allclose(q, base.transpose(0, 2, 1).reshape(-1, base.shape[1]))

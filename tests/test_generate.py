@@ -64,6 +64,7 @@ def test_greedy_is_deterministic_and_batching_does_not_change_answers(lm):
     assert all(END_OF_TURN not in answer for answer in batched)
 
 
+@pytest.mark.slow
 def test_sampling_is_seeded_and_top_k_1_is_greedy(lm):
     # Each sampler compiles its own generate function (a few seconds each on
     # CPU), so this test keeps the number of calls low.

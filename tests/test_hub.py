@@ -9,98 +9,18 @@ metadata; checked here only for YAML syntax), `POST
 (NDJSON, base64 file contents).
 """
 
-import base64
 import dataclasses
-import http.server
 import json
 import os
-import threading
 
 import pytest
-import yaml
+
+from helpers import TOKEN
 
 from kerasgemma import hub
 from kerasgemma.export.verify import PromptCheck, VerificationReport
 from kerasgemma.files import VERIFICATION_REPORT as REPORT_FILE
 
-TOKEN = "hf_standinSECRETtoken0123456789"
-
-
-class HubStandIn:
-    """A thread serving the Hub endpoints used by `push_to_hub`; records what it got."""
-
-    def __init__(self):
-        self.repos = {}  # repo_id -> {"visibility": ..., "files": {path: bytes}}
-        self.authorizations = []
-        self.metadata = []
-        standin = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):  # keep test output clean
-                pass
-
-            def _reply(self, value, status=200):
-                body = json.dumps(value).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                standin.authorizations.append(self.headers.get("Authorization"))
-                parts = self.path.split("?")[0].strip("/").split("/")
-                if parts[:3] == ["api", "repos", "create"]:
-                    payload = json.loads(body)
-                    repo_id = f"{payload['organization']}/{payload['name']}"
-                    standin.repos.setdefault(repo_id, {"visibility": payload.get("visibility"), "files": {}})
-                    return self._reply({"url": f"{standin.url}/{repo_id}", "name": repo_id, "id": repo_id})
-                if parts[:2] == ["api", "validate-yaml"]:
-                    content = json.loads(body)["content"]
-                    try:
-                        standin.metadata.append(yaml.safe_load(content.split("---")[1]))
-                    except (IndexError, yaml.YAMLError) as error:
-                        return self._reply({"errors": [{"message": str(error)}]}, 400)
-                    return self._reply({"warnings": []})
-                if parts[:2] == ["api", "models"] and len(parts) == 6:
-                    repo_id, action = f"{parts[2]}/{parts[3]}", parts[4]
-                    if repo_id not in standin.repos:
-                        return self._reply({"error": "Repository not found"}, 404)
-                    if action == "preupload":
-                        files = json.loads(body)["files"]
-                        return self._reply({"files": [
-                            {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None}
-                            for f in files
-                        ]})
-                    if action == "commit":
-                        for line in body.decode().splitlines():
-                            item = json.loads(line)
-                            if item["key"] == "file":
-                                value = item["value"]
-                                standin.repos[repo_id]["files"][value["path"]] = base64.b64decode(value["content"])
-                        return self._reply({"commitUrl": f"{standin.url}/{repo_id}/commit/{'0' * 40}",
-                                            "commitOid": "0" * 40, "pullRequestUrl": None})
-                self._reply({"error": f"not in the stand-in: {self.path}"}, 404)
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def standin(monkeypatch):
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    with HubStandIn() as server:
-        yield server
 
 
 def fake_export(folder, passed=True):

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from helpers import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 SAMPLE_DATA = ROOT / "kerasgemma" / "data" / "sample" / "hc3_baike_sample.jsonl"
 KERNEL_NAME = "kerasgemma-test"
@@ -153,6 +154,7 @@ def check_run(notebook, output_dir):
     assert "push skipped" in text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
 def test_notebook_runs_on_cpu(path, kernel, tmp_path):
     output_dir = tmp_path / "runs"

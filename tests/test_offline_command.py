@@ -1,6 +1,7 @@
 """`kerasgemma offline-model`: flags, and the preset path as the last line."""
 
-import argparse
+
+from helpers import parse_subcommand
 
 from kerasgemma import cli
 from kerasgemma.commands import offline_model as command
@@ -8,9 +9,7 @@ from kerasgemma.offline import preset
 
 
 def parse(argv):
-    parser = argparse.ArgumentParser()
-    command.add_parser(parser.add_subparsers())
-    return parser.parse_args(["offline-model"] + argv)
+    return parse_subcommand(command, "offline-model", argv)
 
 
 def test_prints_path_last(monkeypatch, capsys, tmp_path):

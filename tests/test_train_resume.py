@@ -6,15 +6,15 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from kerasgemma import run as run_module
 from kerasgemma.config import TrainConfig
 from kerasgemma.train import checkpoint
+from helpers import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 
 # The train/resume commands under their own parser (the same `add_parser` and
 # `run_*` functions `kerasgemma` uses), with one test hook: the checkpoint of

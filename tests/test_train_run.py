@@ -119,6 +119,7 @@ def test_run_folder_holds_config_metrics_plot_samples_and_lora(first_run):
     assert saved["progress"]["step"] == 8 and TrainConfig.from_dict(saved["config"]) == config
 
 
+@pytest.mark.slow
 def test_same_seed_and_config_give_the_same_losses(first_run, tmp_path):
     config, run = first_run
     again = run_module.train(dataclasses.replace(config, output_dir=str(tmp_path)), progress=False)

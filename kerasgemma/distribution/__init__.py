@@ -59,9 +59,13 @@ def plan(preset, dtype, batch_size, distribution="auto", mesh=None, devices=None
         `(Strategy, architecture)`.
 
     Example:
-    >>> strategy, architecture = plan("tiny:gemma3", "float32", 4, verbose=False)
+    >>> one_cpu = DeviceInfo("cpu", 1, 8 * 2**30, "cpu")
+    >>> strategy, architecture = plan("tiny:gemma3", "float32", 4, devices=one_cpu, verbose=False)
     >>> strategy.kind, architecture
     ('none', 'gemma3')
+    >>> v3_8 = DeviceInfo("tpu", 8, 16 * 2**30, "TPU v3")
+    >>> plan("tiny:gemma3", "float32", 8, devices=v3_8, verbose=False)[0].mesh
+    (8, 1)
     """
     devices = devices or detect_devices()
     architecture, config = preset_backbone_config(preset)

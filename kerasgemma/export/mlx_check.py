@@ -19,9 +19,12 @@ def mlx_greedy(folder, prompt_ids, max_new_tokens, stop_ids):
     >>> import tempfile
     >>> from kerasgemma.tiny import build_tiny_causal_lm
     >>> from kerasgemma.export import export_merged
-    >>> folder = export_merged(build_tiny_causal_lm("gemma"), tempfile.mkdtemp() + "/hf")
-    >>> tokens = mlx_greedy(folder, [[2, 10, 11]], 3, {1})
-    >>> tokens is None or len(tokens[0]) <= 3
+    >>> lm = build_tiny_causal_lm("gemma")
+    >>> folder = export_merged(lm, tempfile.mkdtemp() + "/hf")
+    >>> tokens = mlx_greedy(folder, [[2, 10, 11], [2, 12]], 3, stop_ids=set())
+    >>> [len(t) for t in tokens]  # no stop id: exactly max_new_tokens each (needs mlx-lm, pinned in requirements.txt)
+    [3, 3]
+    >>> all(0 <= t < lm.backbone.vocabulary_size for t in tokens[0] + tokens[1])
     True
     """
     try:

@@ -1,0 +1,50 @@
+"""Fixtures shared by the test modules, and the `slow` marker policy.
+
+Markers (registered in pyproject.toml):
+    slow: end-to-end runs, real-model tests, benchmark smoke runs, notebooks,
+        subprocess meshes, and docstring examples that do full Hugging Face
+        exports. `make test-fast` (`pytest -m "not slow"`) skips them and is
+        meant to finish in a few minutes on 2 CPU cores; `make test` (CI,
+        `.ci/run`) runs everything. Mark a test slow when it takes more than
+        ~10 s on its own and a faster test already covers the same code.
+
+Plain helpers (the Hub stand-in, LoRA export cases, subcommand parsing) are
+in tests/helpers.py; test modules must not import each other.
+"""
+
+import pytest
+from helpers import TOKEN, HubStandIn
+
+from kerasgemma.tiny import build_tiny_causal_lm, build_tiny_tokenizer_proto
+
+
+@pytest.fixture(scope="session")
+def shared_tiny_lm():
+    """`shared_tiny_lm(architecture)`: one tiny causal LM per architecture for the whole session.
+
+    Read-only: do not `enable_lora`, train, or assign weights to it (build your
+    own with `kerasgemma.tiny.build_tiny_causal_lm` for that). Context managers
+    that restore the model on exit (`packed_attention`) are fine.
+    """
+    models = {}
+
+    def get(architecture="gemma3"):
+        if architecture not in models:
+            models[architecture] = build_tiny_causal_lm(architecture)
+        return models[architecture]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_proto():
+    """The default tiny SentencePiece model (bytes; memoised in kerasgemma.tiny anyway)."""
+    return build_tiny_tokenizer_proto()
+
+
+@pytest.fixture
+def standin(monkeypatch):
+    """A local Hugging Face Hub stand-in with HF_TOKEN set to the test token."""
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    with HubStandIn() as server:
+        yield server

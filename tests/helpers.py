@@ -1,0 +1,142 @@
+"""Helpers shared by several test modules (plain code; fixtures live in conftest.py).
+
+Test modules import this as `helpers` (pytest puts tests/ on sys.path, as
+tests/ has no __init__.py). Keep test modules from importing each other.
+"""
+
+import argparse
+import base64
+import http.server
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from kerasgemma.tiny import build_tiny_causal_lm, tiny_backbone_config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_subcommand(command_module, name, argv):
+    """Parse `argv` with only `command_module`'s subcommand registered (`kerasgemma NAME ...`)."""
+    parser = argparse.ArgumentParser()
+    command_module.add_parser(parser.add_subparsers())
+    return parser.parse_args([name] + list(argv))
+
+
+# --- LoRA models for the export tests (merged, adapter) ---------------------
+
+ALL_LINEAR = [
+    "query",
+    "key",
+    "value",
+    "attention_output",
+    "ffw_gating",
+    "ffw_gating_2",
+    "ffw_linear",
+]
+
+
+def lora_model(architecture, num_key_value_heads=1, num_layers=2, targets=None, rank=2):
+    """A tiny causal LM with LoRA whose A and B are random (a dropped LoRA shows)."""
+    lm = build_tiny_causal_lm(architecture, num_key_value_heads=num_key_value_heads)
+    if num_layers != lm.backbone.num_layers:
+        config = tiny_backbone_config(
+            architecture, lm.backbone.vocabulary_size, num_key_value_heads
+        )
+        backbone = type(lm.backbone)(**dict(config, num_layers=num_layers))
+        lm = type(lm)(backbone=backbone, preprocessor=lm.preprocessor)
+    lm.backbone.enable_lora(rank, target_layer_names=targets)
+    rng = np.random.default_rng(0)
+    for layer in lm.backbone._flatten_layers():
+        if getattr(layer, "lora_enabled", False):
+            layer.lora_kernel_a.assign(rng.normal(0, 0.3, layer.lora_kernel_a.shape))
+            layer.lora_kernel_b.assign(rng.normal(0, 0.3, layer.lora_kernel_b.shape))
+    return lm
+
+
+CASES = {
+    # Gemma 1 2B shape (one KV head) and 7B shape (KV heads = query heads).
+    "gemma_1kv": dict(architecture="gemma", num_key_value_heads=1),
+    "gemma_4kv": dict(architecture="gemma", num_key_value_heads=4, targets=ALL_LINEAR),
+    "gemma2": dict(architecture="gemma2", num_key_value_heads=2, targets=ALL_LINEAR),
+    # 6 layers: 5 sliding + 1 global, and mlx-lm needs >= 6 Gemma 3 layers.
+    "gemma3": dict(architecture="gemma3", num_layers=6),
+}
+
+
+# --- A local stand-in for the Hugging Face Hub (hub push, convert script) ---
+
+TOKEN = "hf_standinSECRETtoken0123456789"
+
+
+class HubStandIn:
+    """A thread serving the Hub endpoints used by `push_to_hub`; records what it got."""
+
+    def __init__(self):
+        self.repos = {}  # repo_id -> {"visibility": ..., "files": {path: bytes}}
+        self.authorizations = []
+        self.metadata = []
+        standin = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+            def _reply(self, value, status=200):
+                body = json.dumps(value).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                standin.authorizations.append(self.headers.get("Authorization"))
+                parts = self.path.split("?")[0].strip("/").split("/")
+                if parts[:3] == ["api", "repos", "create"]:
+                    payload = json.loads(body)
+                    repo_id = f"{payload['organization']}/{payload['name']}"
+                    standin.repos.setdefault(repo_id, {"visibility": payload.get("visibility"), "files": {}})
+                    return self._reply({"url": f"{standin.url}/{repo_id}", "name": repo_id, "id": repo_id})
+                if parts[:2] == ["api", "validate-yaml"]:
+                    content = json.loads(body)["content"]
+                    try:
+                        standin.metadata.append(yaml.safe_load(content.split("---")[1]))
+                    except (IndexError, yaml.YAMLError) as error:
+                        return self._reply({"errors": [{"message": str(error)}]}, 400)
+                    return self._reply({"warnings": []})
+                if parts[:2] == ["api", "models"] and len(parts) == 6:
+                    repo_id, action = f"{parts[2]}/{parts[3]}", parts[4]
+                    if repo_id not in standin.repos:
+                        return self._reply({"error": "Repository not found"}, 404)
+                    if action == "preupload":
+                        files = json.loads(body)["files"]
+                        return self._reply({"files": [
+                            {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None}
+                            for f in files
+                        ]})
+                    if action == "commit":
+                        for line in body.decode().splitlines():
+                            item = json.loads(line)
+                            if item["key"] == "file":
+                                value = item["value"]
+                                standin.repos[repo_id]["files"][value["path"]] = base64.b64decode(value["content"])
+                        return self._reply({"commitUrl": f"{standin.url}/{repo_id}/commit/{'0' * 40}",
+                                            "commitOid": "0" * 40, "pullRequestUrl": None})
+                self._reply({"error": f"not in the stand-in: {self.path}"}, 404)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
