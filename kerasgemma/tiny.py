@@ -7,6 +7,10 @@ Chinese differently in Keras and in transformers): identity normalizer, no
 dummy prefix, byte fallback, split digits, whitespace-only pieces, and the
 turn markers as user-defined pieces. Special ids follow Gemma: pad=0, eos=1,
 bos=2, unk=3.
+
+Gemma 4 (`gemma4`, `gemma4-moe`) is text-only here (no vision or audio
+encoder) and its tokenizer carries Gemma 4's own markers (`<|turn>`,
+`<turn|>`, thinking, tool and media pieces) instead of Gemma 1–3's.
 """
 
 import io
@@ -21,6 +25,30 @@ import sentencepiece as spm  # noqa: E402
 
 TURN_PIECES = ["<start_of_turn>", "<end_of_turn>"]
 IMAGE_PIECES = ["<img>", "<start_of_image>", "<end_of_image>"]
+# Gemma 4's markers. `Gemma4Tokenizer` requires the image ones and
+# `<|video|>` (its defaults have_vision_tokens/has_video_tokens=True); the
+# turn, thinking and tool pieces are what its chat template writes.
+GEMMA4_PIECES = [
+    "<|turn>",
+    "<turn|>",
+    "<|think|>",
+    "<|channel>",
+    "<channel|>",
+    "<|tool>",
+    "<tool|>",
+    "<|tool_call>",
+    "<tool_call|>",
+    "<|tool_response>",
+    "<tool_response|>",
+    '<|"|>',
+    "<|image>",
+    "<|image|>",
+    "<image|>",
+    "<|audio>",
+    "<|audio|>",
+    "<audio|>",
+    "<|video|>",
+]
 
 _TINY_CORPUS_EXTRA = [
     "The quick brown fox jumps over the lazy dog. 0123456789",
@@ -30,25 +58,33 @@ _TINY_CORPUS_EXTRA = [
     "    indented line\ttab\n\nnew paragraph  two spaces",
 ]
 
-ARCHITECTURES = ("gemma", "gemma2", "gemma3")
+_GEMMA4_CORPUS = [
+    "<|turn>user\n你好<turn|>\n<|turn>model\n你好！<turn|>\n",
+]
+
+ARCHITECTURES = ("gemma", "gemma2", "gemma3", "gemma4", "gemma4-moe")
 
 
-def build_tiny_tokenizer_proto(texts=(), vocabulary_size=600):
+def build_tiny_tokenizer_proto(texts=(), vocabulary_size=600, special_pieces=None):
     """Train a small Gemma-like SentencePiece model and return its bytes.
 
     Args:
         texts: iterable of str. Extra training text (e.g. the training data).
         vocabulary_size: int. Target size; raised to fit every character of
             `texts` (SentencePiece requires it), and it may stop earlier.
+        special_pieces: list of str or None. User-defined pieces (always one
+            token each); None for Gemma 1–3's turn and image markers.
 
     Example:
     >>> proto = build_tiny_tokenizer_proto(["你好，世界"], vocabulary_size=300)
     >>> len(proto) > 0
     True
     """
+    if special_pieces is None:
+        special_pieces = TURN_PIECES + IMAGE_PIECES
     texts = list(texts) + _TINY_CORPUS_EXTRA
     characters = len(set("".join(texts)))
-    vocabulary_size = max(vocabulary_size, characters + 300 + len(TURN_PIECES + IMAGE_PIECES))
+    vocabulary_size = max(vocabulary_size, characters + 300 + len(special_pieces))
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(texts),
@@ -71,7 +107,7 @@ def build_tiny_tokenizer_proto(texts=(), vocabulary_size=600):
         eos_piece="<eos>",
         bos_piece="<bos>",
         unk_piece="<unk>",
-        user_defined_symbols=TURN_PIECES + IMAGE_PIECES,
+        user_defined_symbols=special_pieces,
         num_threads=1,
         minloglevel=2,
     )
@@ -82,13 +118,15 @@ def tiny_backbone_config(architecture, vocabulary_size, num_key_value_heads=1):
     """Keyword arguments for a tiny backbone of one Gemma generation.
 
     Args:
-        architecture: str. One of "gemma", "gemma2", "gemma3".
+        architecture: str. One of `ARCHITECTURES`.
         vocabulary_size: int. Size of the tokenizer's vocabulary.
         num_key_value_heads: int. 1 like Gemma 2B, or more like Gemma 7B.
 
     Example:
     >>> tiny_backbone_config("gemma2", 300)["final_logit_soft_cap"]
     30.0
+    >>> tiny_backbone_config("gemma4", 300)["num_kv_shared_layers"]
+    2
     """
     common = dict(
         vocabulary_size=vocabulary_size,
@@ -126,10 +164,61 @@ def tiny_backbone_config(architecture, vocabulary_size, num_key_value_heads=1):
             global_rope_scaling_factor=1.0,
             vision_encoder=None,
         )
+    if architecture.startswith("gemma4"):
+        return _tiny_gemma4_config(architecture, common)
     raise ValueError(
         f"Unknown architecture {architecture!r}; expected one of {ARCHITECTURES}."
     )
 
+
+def _tiny_gemma4_config(architecture, common):
+    """Tiny Gemma 4: 4 layers, sliding/global alternating (last is global,
+    which transformers forces), a window of 8 tokens so prompts exceed it,
+    global heads twice as wide with RoPE on a quarter of them."""
+    config = dict(
+        common,
+        num_layers=4,
+        image_size=896,
+        sliding_window_size=8,
+        layer_types=["sliding_attention", "full_attention"] * 2,
+        global_head_dim=16,
+        global_rope_partial_rotary_factor=0.25,
+        final_logit_soft_cap=30.0,
+        vision_encoder=None,
+        audio_encoder=None,
+    )
+    if architecture == "gemma4":
+        # E2B/E4B-style: per-layer embeddings, the last two layers reuse the
+        # K/V of layers 0 (sliding) and 1 (global) and have a 2x-wide MLP.
+        return dict(
+            config,
+            hidden_size_per_layer_input=8,
+            num_kv_shared_layers=2,
+            use_double_wide_mlp=True,
+        )
+    if architecture == "gemma4-moe":
+        # 26B-A4B-style: K=V global layers with their own KV head count and
+        # an MoE block beside the dense MLP in every layer.
+        return dict(
+            config,
+            num_key_value_heads=max(2, common["num_key_value_heads"]),
+            num_global_key_value_heads=1,
+            enable_moe_block=True,
+            num_experts=4,
+            expert_intermediate_dim=16,
+            num_experts_per_token=2,
+        )
+    raise ValueError(
+        f"Unknown architecture {architecture!r}; expected one of {ARCHITECTURES}."
+    )
+
+
+_GEMMA4_CLASSES = (
+    keras_hub.models.Gemma4Backbone,
+    keras_hub.models.Gemma4Tokenizer,
+    keras_hub.models.Gemma4CausalLMPreprocessor,
+    keras_hub.models.Gemma4CausalLM,
+)
 
 _CLASSES = {
     "gemma": (
@@ -150,6 +239,8 @@ _CLASSES = {
         keras_hub.models.Gemma3CausalLMPreprocessor,
         keras_hub.models.Gemma3CausalLM,
     ),
+    "gemma4": _GEMMA4_CLASSES,
+    "gemma4-moe": _GEMMA4_CLASSES,
 }
 
 
@@ -164,7 +255,7 @@ def build_tiny_causal_lm(
     """Build a tiny random Gemma causal LM with a Gemma-like tokenizer.
 
     Args:
-        architecture: str. "gemma", "gemma2" or "gemma3".
+        architecture: str. One of `ARCHITECTURES`.
         texts: iterable of str. Extra text to train the tokenizer on.
         num_key_value_heads: int. Number of key/value heads.
         sequence_length: int. Preprocessor sequence length.
@@ -176,8 +267,16 @@ def build_tiny_causal_lm(
     >>> lm.backbone.num_layers
     2
     """
+    if architecture not in _CLASSES:
+        raise ValueError(
+            f"Unknown architecture {architecture!r}; expected one of {ARCHITECTURES}."
+        )
     backbone_cls, tokenizer_cls, preprocessor_cls, lm_cls = _CLASSES[architecture]
-    proto = build_tiny_tokenizer_proto(texts)
+    gemma4 = architecture.startswith("gemma4")
+    proto = build_tiny_tokenizer_proto(
+        list(texts) + (_GEMMA4_CORPUS if gemma4 else []),
+        special_pieces=GEMMA4_PIECES if gemma4 else None,
+    )
     tokenizer = tokenizer_cls(proto=proto)
     keras.utils.set_random_seed(seed)
     backbone = backbone_cls(

@@ -12,7 +12,11 @@ from kerasgemma.distribution import devices as devices_module
 from kerasgemma.distribution import layout as layout_module
 from kerasgemma.distribution import sizing, strategy
 from kerasgemma.model import enable_lora
-from kerasgemma.tiny import ARCHITECTURES, build_tiny_causal_lm, tiny_backbone_config
+from kerasgemma.tiny import build_tiny_causal_lm, tiny_backbone_config
+
+# Sizing and layout maps cover Gemma 1–3; the tiny Gemma 4 models
+# (kerasgemma.tiny.ARCHITECTURES) have neither yet (issue 16).
+ARCHITECTURES = ("gemma", "gemma2", "gemma3")
 
 GiB = 2**30
 TPU_V3_8 = DeviceInfo("tpu", 8, 16 * GiB, "TPU v3")
