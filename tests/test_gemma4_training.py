@@ -209,3 +209,63 @@ def test_multimodal_backbone_trains_on_text_towers_frozen(architecture):
     for got, want in zip(packed, alone):
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
         assert np.isfinite(got).all()
+
+
+# ---------------------------------------------------------------------------
+# Sizing and layout.
+
+
+@pytest.mark.parametrize("preset", ["gemma4_2b", "gemma4_4b", "gemma4_26b_a4b", "gemma4_31b"])
+def test_gemma4_sizes_match_keras_hub_preset_metadata(preset):
+    """Counted text weights + towers ≈ keras-hub's `params` (the towers are 0.2–0.6B)."""
+    from keras_hub.src.models.gemma4.gemma4_presets import backbone_presets
+
+    from kerasgemma.distribution.sizing import count_parameters, preset_backbone_config
+
+    architecture, config = preset_backbone_config(preset)
+    text = count_parameters(config, architecture)
+    listed = backbone_presets[preset]["metadata"]["params"]
+    assert 0.88 * listed < text < listed, (text, listed)
+
+
+def test_gemma4_plan_on_a_tpu_v5e_8():
+    """What fits where on a TPU v5e-8 (8 chips of 16 GiB), bfloat16 base weights.
+
+    E2B's text weights are 9.3 GB (4.63B) (2.35B of them the per-layer embedding
+    table, which keras-hub keeps on the device): one chip holds them with
+    6.7 GiB to spare, so data parallel works once the weights may take 60%
+    of a chip; under the default 50% budget the planner picks a 4 x 2 mesh.
+    E4B's 14.9 GB (7.46B) leave no room on one chip: model parallel. 31B (61.4 GB)
+    splits over all 8 chips, 7.7 GB each.
+    """
+    from kerasgemma.distribution import choose_strategy
+    from kerasgemma.distribution.devices import DeviceInfo
+    from kerasgemma.distribution.sizing import estimate_param_bytes, preset_backbone_config
+
+    v5e_8 = DeviceInfo("tpu", 8, 16 * 2**30, "TPU v5 lite")
+
+    def plan(preset, **kwargs):
+        architecture, config = preset_backbone_config(preset)
+        size = estimate_param_bytes(config, architecture, "bfloat16")
+        strategy = choose_strategy(size, v5e_8, batch_size=8, **kwargs)
+        return round(size / 1e9, 1), strategy.kind, strategy.mesh
+
+    assert plan("gemma4_instruct_2b") == (9.3, "model", (4, 2))
+    assert plan("gemma4_instruct_2b", memory_fraction=0.6) == (9.3, "data", (8, 1))
+    assert plan("gemma4_instruct_4b") == (14.9, "model", (4, 2))
+    assert plan("gemma4_instruct_31b") == (61.4, "model", (1, 8))
+
+
+def test_gemma4_layout_covers_every_large_text_weight():
+    """Every text weight bigger than a norm has a rule (and exactly one: Keras refuses two)."""
+    import keras
+
+    from kerasgemma.distribution.layout import layout_map
+
+    mesh = keras.distribution.DeviceMesh((1, 1), ("batch", "model"), keras.distribution.list_devices()[:1])
+    for architecture in ARCHITECTURES:
+        layout = layout_map(architecture, mesh)
+        backbone = load_causal_lm(f"tiny:{architecture}").backbone
+        for variable in backbone.weights:
+            if len(variable.shape) >= 2 and "router" not in variable.path:
+                assert layout[variable.path] is not None, variable.path
