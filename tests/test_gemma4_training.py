@@ -164,7 +164,7 @@ def tiny_multimodal_lm(architecture):
 
     text = load_causal_lm(f"tiny:{architecture}")
     config = dict(text.backbone.get_config())
-    for key in ("name", "trainable", "dtype", "vision_encoder", "audio_encoder"):
+    for key in ("name", "trainable", "dtype", "vision_encoder", "audio_encoder", "num_audio_tokens_per_clip"):
         config.pop(key, None)
     keras.utils.set_random_seed(0)
     if architecture == "gemma3":
