@@ -55,6 +55,26 @@ SHAPES = {
                    hidden_dim=64, intermediate_dim=128, head_dim=16),
     ),
 }
+
+
+def _gemma4_shape(config):
+    """A Gemma 4 text shape (random weights, no vision/audio tower)."""
+    return dict(arch="gemma4", keras=dict(config, vision_encoder=None, audio_encoder=None))
+
+
+def _gemma4_shapes():
+    # Real E2B/E4B shapes from the preset configs kerasgemma sizes runs with.
+    from kerasgemma.distribution.sizing import GEMMA4_TEXT_CONFIGS
+    from kerasgemma.tiny import tiny_backbone_config
+
+    return {
+        "gemma4_e2b": _gemma4_shape(GEMMA4_TEXT_CONFIGS["gemma4_2b"]),
+        "gemma4_e4b": _gemma4_shape(GEMMA4_TEXT_CONFIGS["gemma4_4b"]),
+        "tiny_gemma4": _gemma4_shape(tiny_backbone_config("gemma4", 1024)),
+    }
+
+
+SHAPES.update(_gemma4_shapes())
 ARMS = ("kerasgemma", "kerasgemma_reference_loss", "kerashub_fit_bf16", "kerashub_fit_fp32", "hf_peft_eager", "hf_peft_compile")
 
 
@@ -104,8 +124,11 @@ def _keras_model(shape, dtype):
 
     keras.utils.set_random_seed(0)
     spec = SHAPES[shape]
-    backbone_cls = keras_hub.models.Gemma3Backbone if spec["arch"] == "gemma3" else keras_hub.models.GemmaBackbone
-    lm_cls = keras_hub.models.Gemma3CausalLM if spec["arch"] == "gemma3" else keras_hub.models.GemmaCausalLM
+    classes = {
+        "gemma3": (keras_hub.models.Gemma3Backbone, keras_hub.models.Gemma3CausalLM),
+        "gemma4": (keras_hub.models.Gemma4Backbone, keras_hub.models.Gemma4CausalLM),
+    }
+    backbone_cls, lm_cls = classes.get(spec["arch"], (keras_hub.models.GemmaBackbone, keras_hub.models.GemmaCausalLM))
     backbone = backbone_cls(**spec["keras"], dtype=dtype)
     return lm_cls(backbone=backbone, preprocessor=None)
 
@@ -285,7 +308,7 @@ def arm_hf_peft(shape, sequences, steps, warmup, compile_model):
 
 def run_arm(arm, shape, steps, warmup, seed):
     spec = SHAPES[shape]
-    count = max(400 if shape == "tiny" else 4000, (steps + warmup) * BATCH_SIZE * 2)
+    count = max(400 if shape.startswith("tiny") else 4000, (steps + warmup) * BATCH_SIZE * 2)
     sequences = make_sequences(count, spec["keras"]["vocabulary_size"], seed)
     if arm.startswith("kerasgemma"):
         return arm_kerasgemma(shape, sequences, steps, warmup, fused_loss=arm == "kerasgemma")
@@ -351,7 +374,7 @@ def main(argv=None):
         return 0
     if args.smoke:
         os.environ.setdefault("KERAS_BACKEND", "jax")
-        args.models, args.extra_models, args.steps, args.warmup = ["tiny"], [], 2, 1
+        args.models, args.extra_models, args.steps, args.warmup = ["tiny"], ["tiny_gemma4"], 2, 1
         args.arms = ["kerasgemma", "kerasgemma_reference_loss", "kerashub_fit_bf16", "hf_peft_eager"]
     rows = []
     env = dict(os.environ, KERAS_BACKEND="jax", XLA_PYTHON_CLIENT_PREALLOCATE="false", TF_CPP_MIN_LOG_LEVEL="3")

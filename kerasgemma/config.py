@@ -54,7 +54,12 @@ class TrainConfig:
         preset: a keras-hub preset (Kaggle name such as "gemma_2b_en" or
             "gemma3_1b", "kaggle://…", "hf://…", a local preset folder),
             "offline:gemma3_270m" (built from PyPI) or "tiny:gemma",
-            "tiny:gemma2", "tiny:gemma3" (random tiny models).
+            "tiny:gemma2", "tiny:gemma3", "tiny:gemma4", "tiny:gemma4-moe"
+            (random tiny models). Multimodal presets are fine and train on
+            text: Gemma 3 4B and larger ("gemma3_4b", "gemma3_instruct_4b",
+            …) and every Gemma 4 preset ("gemma4_2b", "gemma4_instruct_4b",
+            "gemma4_26b_a4b", "gemma4_31b", …). Their vision/audio towers
+            are loaded but get empty inputs, no LoRA and no gradient.
         dtype: base-weight dtype, "auto" = bfloat16 on accelerators, float32
             on CPU. LoRA weights are always float32.
         data: a local file/folder, or "hub" for Hello-SimpleAI/HC3-Chinese.
@@ -62,7 +67,9 @@ class TrainConfig:
         answers: "first" answer per question or "all" answers.
         include_chatgpt: also train on ChatGPT answers.
         on_error: "raise" on a bad row, or "skip" and count it.
-        template: "gemma" chat format or the reference notebook's "plain".
+        template: "gemma" (the model's own chat format, from its tokenizer:
+            `<start_of_turn>` for Gemma 1–3, `<|turn>` for Gemma 4, thinking
+            off) or the reference notebook's "plain".
         loss: "completion" (model turns only) or "full" (every token).
         overflow: "truncate" (cut the answer's end) or "drop" long examples.
         batching: "pack" (default), "bucket" or "pad".
@@ -76,7 +83,12 @@ class TrainConfig:
         lora_alpha: LoRA alpha; the update is scaled by alpha / rank
             (None = rank).
         lora_targets: layers that get LoRA: "query,value" (any
-            comma-separated layer names), "attention" or "all".
+            comma-separated layer names), "attention" or "all", in the text
+            decoder blocks only (never a vision/audio tower). Gemma 4: a
+            block without a target is skipped there (no `value` on K=V global
+            layers, no `key`/`value` on KV-shared layers); for the MoE models
+            LoRA goes on the attention and the dense MLP beside the experts,
+            and the experts and router stay frozen.
         learning_rate: peak learning rate of AdamW.
         weight_decay: AdamW weight decay (never on biases, norms, embeddings).
         warmup_steps: linear warm-up steps before the decay.

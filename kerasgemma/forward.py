@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import keras
 
 from kerasgemma.attention import packed_attention
+from kerasgemma.attention import segment_positions
 
 # Tokens per slice of the vocabulary projection in `fused_cross_entropy`:
 # 2048 tokens x 256k vocabulary x 4 bytes = 2 GiB of float32 logits at a time
@@ -19,19 +20,94 @@ from kerasgemma.attention import packed_attention
 LOSS_CHUNK_TOKENS = 2048
 
 
+# Backbone inputs that carry text; every other input of a multimodal backbone
+# (Gemma 3 4B+, every Gemma 4 preset) is an image or audio input, given empty.
+TEXT_INPUTS = ("token_ids", "padding_mask", "position_ids")
+# Per-token media masks: one entry per text position, all 0 (no media token).
+PER_TOKEN_MEDIA_MASKS = ("vision_mask", "audio_mask")
+# Mel frames of the (zero) audio clips; any length works with 0 clips.
+EMPTY_AUDIO_FRAMES = 8
+
+
+def _patches(backbone):
+    encoder = backbone.vision_encoder
+    return (encoder.image_size // encoder.patch_size) ** 2
+
+
+# Shapes of one image or clip where the backbone's input leaves them open.
+MEDIA_ITEM_SHAPES = {
+    "pixel_values": lambda bb: (_patches(bb), 3 * bb.vision_encoder.patch_size**2),
+    "pixel_position_ids": lambda bb: (_patches(bb), 2),
+    "audio_mel": lambda bb: (EMPTY_AUDIO_FRAMES, bb.audio_encoder.input_feat_size),
+    "audio_mel_mask": lambda bb: (EMPTY_AUDIO_FRAMES,),
+}
+
+
+def empty_media_inputs(backbone, batch_size, length):
+    """Zero images and zero audio clips for a multimodal backbone's text-only call.
+
+    keras-hub's multimodal backbones (Gemma 3 with a vision encoder, Gemma 4
+    with vision and/or audio) declare their media inputs as required. Given
+    no image (a count of 0 along axis 1) and all-zero media masks, the towers
+    run on nothing and the text positions are the text embeddings alone:
+    training on text never touches them (they are frozen and get no LoRA,
+    see `kerasgemma.model.enable_lora`).
+
+    Example:
+    >>> from kerasgemma.tiny import build_tiny_causal_lm
+    >>> empty_media_inputs(build_tiny_causal_lm("gemma3").backbone, 2, 4)
+    {}
+    """
+    inputs = backbone.input if isinstance(backbone.input, dict) else {}
+    empty = {}
+    for name, spec in inputs.items():
+        if name in TEXT_INPUTS:
+            continue
+        if name in PER_TOKEN_MEDIA_MASKS:
+            empty[name] = jnp.zeros((batch_size, length), "int32")
+            continue
+        item = MEDIA_ITEM_SHAPES[name](backbone) if name in MEDIA_ITEM_SHAPES else tuple(spec.shape[2:])
+        empty[name] = jnp.zeros((batch_size, 0, *(dim or 1 for dim in item)), spec.dtype)
+    return empty
+
+
+def backbone_inputs(backbone, batch):
+    """The backbone's inputs for a packed text batch.
+
+    `token_ids` and `padding_mask` for every Gemma; `position_ids` (restarting
+    at 0 in each example, `segment_positions`) where the backbone takes them
+    (Gemma 4; Gemma 1–3 get the same positions through `packed_attention`);
+    empty media inputs for multimodal backbones (`empty_media_inputs`).
+
+    Example:
+    >>> import numpy as np
+    >>> from kerasgemma.tiny import build_tiny_causal_lm
+    >>> backbone = build_tiny_causal_lm("gemma4").backbone
+    >>> inputs = backbone_inputs(backbone, {"token_ids": np.array([[2, 5, 2, 6]]),
+    ...                                     "segment_ids": np.array([[1, 1, 2, 2]])})
+    >>> np.asarray(inputs["position_ids"]).tolist()
+    [[0, 1, 0, 1]]
+    """
+    token_ids, segment_ids = batch["token_ids"], batch["segment_ids"]
+    inputs = {"token_ids": token_ids, "padding_mask": segment_ids != 0}
+    names = backbone.input.keys() if isinstance(backbone.input, dict) else ()
+    if "position_ids" in names:
+        inputs["position_ids"] = segment_positions(segment_ids)
+    inputs.update(empty_media_inputs(backbone, *token_ids.shape))
+    return inputs
+
+
 def logits_fn(causal_lm, trainable_values, non_trainable_values, batch):
     """Logits `(batch, seq, vocab)` of a stateless, segment-aware forward.
 
     Args:
-        causal_lm: a keras-hub `GemmaCausalLM` or `Gemma3CausalLM`.
+        causal_lm: a keras-hub `GemmaCausalLM`, `Gemma3CausalLM` or
+            `Gemma4CausalLM` (text-only or multimodal).
         trainable_values: list of arrays for `causal_lm.trainable_variables`.
         non_trainable_values: list of arrays for the non-trainable variables.
         batch: dict with `token_ids` and `segment_ids`, both `(batch, seq)`.
     """
-    inputs = {
-        "token_ids": batch["token_ids"],
-        "padding_mask": batch["segment_ids"] != 0,
-    }
+    inputs = backbone_inputs(causal_lm.backbone, batch)
     with packed_attention(causal_lm.backbone, batch["segment_ids"]):
         logits, _ = causal_lm.stateless_call(
             trainable_values, non_trainable_values, inputs, training=False
@@ -48,10 +124,7 @@ def hidden_states_fn(causal_lm, trainable_values, non_trainable_values, batch):
     variables = causal_lm.trainable_variables + causal_lm.non_trainable_variables
     values = list(trainable_values) + list(non_trainable_values)
     backbone = causal_lm.backbone
-    inputs = {
-        "token_ids": batch["token_ids"],
-        "padding_mask": batch["segment_ids"] != 0,
-    }
+    inputs = backbone_inputs(backbone, batch)
     with keras.StatelessScope(state_mapping=list(zip(variables, values))):
         with packed_attention(backbone, batch["segment_ids"]):
             hidden = backbone(inputs, training=False)

@@ -1,4 +1,4 @@
-"""Text generation: greedy or sampled, stopping at `<end_of_turn>`, batched.
+"""Text generation: greedy or sampled, stopping at the end of the turn, batched.
 
 Thin layer over keras-hub's `CausalLM.generate` and samplers; it adds the
 chat formatting used in training and a token budget counted from the prompt
@@ -9,6 +9,8 @@ import keras_hub
 import numpy as np
 
 from kerasgemma.data import generation_prompt
+from kerasgemma.data.chat_format import TURN_FORMATS
+from kerasgemma.data.tokenize import resolve_template
 from kerasgemma.distribution import pad_to_replicas
 
 END_OF_TURN = "<end_of_turn>"
@@ -41,11 +43,20 @@ def make_sampler(sampler="greedy", temperature=1.0, top_k=None, top_p=None, seed
 
 
 def stop_token_ids(tokenizer):
-    """End-of-sequence and `<end_of_turn>` ids of a Gemma tokenizer."""
+    """End-of-sequence and end-of-turn ids of a Gemma tokenizer
+    (`<end_of_turn>`, Gemma 4's `<turn|>`: whichever it has)."""
     ids = [tokenizer.end_token_id]
-    if END_OF_TURN in tokenizer.get_vocabulary():
-        ids.append(tokenizer.token_to_id(END_OF_TURN))
+    vocabulary = set(tokenizer.get_vocabulary())
+    for form in TURN_FORMATS.values():
+        if form.end in vocabulary:
+            ids.append(tokenizer.token_to_id(form.end))
     return tuple(ids)
+
+
+def _before_end_of_turn(text):
+    for form in TURN_FORMATS.values():
+        text = text.split(form.end)[0]
+    return text
 
 
 def generate(causal_lm, prompts, max_new_tokens=64, sampler="greedy", **sampler_args):
@@ -84,7 +95,7 @@ def generate(causal_lm, prompts, max_new_tokens=64, sampler="greedy", **sampler_
     within_budget = positions[None, :] < prompt_mask.sum(axis=1, keepdims=True) + max_new_tokens
     answer_mask = np.asarray(outputs["padding_mask"]) & ~prompt_mask & within_budget
     texts = preprocessor.generate_postprocess({"token_ids": np.asarray(outputs["token_ids"]), "padding_mask": answer_mask})
-    answers = [text.split(END_OF_TURN)[0] for text in texts[:count]]
+    answers = [_before_end_of_turn(text) for text in texts[:count]]
     return answers[0] if single else answers
 
 
@@ -95,7 +106,8 @@ def chat(causal_lm, messages, max_new_tokens=128, template="gemma", **generate_a
         causal_lm: a keras-hub causal LM.
         messages: list of `{"role", "content"}` dicts, or a list of such lists
             for a batch.
-        template: "gemma" or "plain", as in `kerasgemma.data`.
+        template: "gemma" (the model's own Gemma chat format), "gemma3",
+            "gemma4" or "plain", as in `kerasgemma.data`.
 
     Example:
     >>> from kerasgemma.model import load_causal_lm
@@ -103,6 +115,7 @@ def chat(causal_lm, messages, max_new_tokens=128, template="gemma", **generate_a
     >>> isinstance(chat(lm, [{"role": "user", "content": "你好"}], max_new_tokens=3), str)
     True
     """
+    template = resolve_template(template, causal_lm.preprocessor.tokenizer)
     single = isinstance(messages[0], dict)
     conversations = [messages] if single else messages
     prompts = [generation_prompt(conversation, template=template) for conversation in conversations]

@@ -1,5 +1,9 @@
 """Load a Gemma causal LM from any preset and switch on LoRA.
 
+Multimodal presets (Gemma 3 4B and larger, every Gemma 4 preset) load with
+their vision/audio towers and fine-tune on text: the towers get empty inputs
+(`kerasgemma.forward.empty_media_inputs`), no LoRA, and no gradient.
+
 A preset is anything keras-hub's `from_preset` takes — a Kaggle handle such as
 `gemma_2b_en` or `gemma3_1b`, `kaggle://…`, `hf://…`, a local preset folder —
 plus two names of our own: `tiny:gemma`, `tiny:gemma2`, `tiny:gemma3`,
@@ -19,7 +23,14 @@ from kerasgemma.tiny import build_tiny_causal_lm
 TINY_PREFIX = "tiny:"
 OFFLINE_PRESET = "offline:gemma3_270m"
 
-# LoRA target groups by keras-hub layer name (Gemma 1/2/3 use the same names).
+# LoRA target groups by keras-hub layer name. Gemma 1/2/3/4 use the same
+# names inside their decoder blocks. Only the text decoder blocks are searched
+# (`text_decoder_layers`): Gemma 4's vision tower reuses these names, and it
+# stays frozen. A name a block lacks is skipped there: Gemma 4's K=V global
+# layers have no `value` (V is K's projection) and its KV-shared layers have
+# neither `key` nor `value` (they reuse an earlier layer's). Gemma 4's MoE
+# experts and router have other names: they stay frozen; LoRA covers the
+# attention and the dense MLP that runs beside the experts.
 ATTENTION_LAYERS = ("query", "key", "value", "attention_output")
 FFW_LAYERS = ("ffw_gating", "ffw_gating_2", "ffw_linear")
 LORA_TARGET_GROUPS = {
@@ -180,11 +191,18 @@ def enable_lora(causal_lm, rank=4, alpha=None, targets=("query", "value")):
     rank), but with `alpha` and named targets; it records the same
     bookkeeping so `backbone.save_lora_weights()` keeps working.
 
+    Only layers inside the text decoder blocks get LoRA: the vision and
+    audio towers of multimodal presets (Gemma 3 4B+, all of Gemma 4) and
+    Gemma 4's MoE experts and router stay frozen. A target a block does not
+    have (`value` on Gemma 4's K=V layers, `key`/`value` on its KV-shared
+    layers) is skipped in that block.
+
     Args:
         causal_lm: a keras-hub causal LM.
         rank: int. LoRA rank.
         alpha: float or None. LoRA alpha (scaling alpha/rank); None = rank.
-        targets: "attention", "all", or a list of layer names.
+        targets: "attention", "all", or a list of layer names
+            (`LORA_TARGET_GROUPS`).
 
     Example:
     >>> lm = load_causal_lm("tiny:gemma")
@@ -199,16 +217,32 @@ def enable_lora(causal_lm, rank=4, alpha=None, targets=("query", "value")):
     layers_with_weights = [
         layer for layer in backbone._flatten_layers(include_self=False) if layer.weights
     ]
+    text_layers = text_decoder_layers(backbone)
     backbone._lora_enabled_layers = []
     backbone._lora_rank = rank
     for index, layer in enumerate(layers_with_weights):
-        if layer.name in names and hasattr(layer, "enable_lora"):
+        if layer.name in names and id(layer) in text_layers and hasattr(layer, "enable_lora"):
             layer.trainable = True
             layer.enable_lora(rank, lora_alpha=alpha)
             backbone._lora_enabled_layers.append(index)
     if not backbone._lora_enabled_layers:
         raise ValueError(f"No layer of the backbone is named any of {sorted(names)}.")
     return len(causal_lm.trainable_variables)
+
+
+def text_decoder_layers(backbone):
+    """Ids of every layer inside the backbone's text decoder blocks.
+
+    Example:
+    >>> lm = load_causal_lm("tiny:gemma")
+    >>> len(text_decoder_layers(lm.backbone)) > 2 * 4
+    True
+    """
+    return {
+        id(layer)
+        for block in backbone.transformer_layers
+        for layer in block._flatten_layers(include_self=True)
+    }
 
 
 def lora_layers(causal_lm):

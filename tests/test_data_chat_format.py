@@ -159,3 +159,73 @@ def test_truncation_cuts_the_answer_and_counts(proto):
     # A limit inside the prompt would leave no answer: dropped, never kept empty.
     kept, report = tokenize_examples(examples[:1], proto, max_tokens=prompt_length)
     assert kept == [] and report.dropped == 1 and report.truncated == 0
+
+
+# ---------------------------------------------------------------------------
+# Gemma 4: `<|turn>`/`<turn|>` turns, a system turn of its own, thinking off.
+
+
+def test_gemma4_text_exactly():
+    assert format_chat(MULTI, template="gemma4").text == (
+        "<|turn>system\n你是一个乐于助人的助手。<turn|>\n"
+        "<|turn>user\n天空为什么是蓝色的？ 😀<turn|>\n"
+        "<|turn>model\n因为  瑞利散射。\n第二行 123<turn|>\n"
+        "<|turn>user\n再说一遍<turn|>\n"
+        "<|turn>model\n好的：<b>瑞利</b>\t散射。<turn|>\n"
+    )
+    chat = format_chat(MULTI, template="gemma4")
+    assert [chat.text[a:b] for a, b in chat.loss_spans] == [
+        "因为  瑞利散射。\n第二行 123<turn|>",
+        "好的：<b>瑞利</b>\t散射。<turn|>",
+    ]
+
+
+@pytest.mark.parametrize("conversation", CONVERSATIONS)
+@pytest.mark.parametrize("add_generation_prompt", [False, True])
+def test_gemma4_matches_its_jinja_template(conversation, add_generation_prompt):
+    import jinja2
+
+    from kerasgemma.data import CHAT_TEMPLATES
+
+    if add_generation_prompt:
+        conversation = conversation[:-1]
+    ours = format_chat(conversation, template="gemma4", add_generation_prompt=add_generation_prompt).text
+    (rendered,), _ = render_jinja_template(
+        [conversation],
+        chat_template=CHAT_TEMPLATES["gemma4"],
+        add_generation_prompt=add_generation_prompt,
+        bos_token="<bos>",
+    )
+    assert rendered == "<bos>" + ours
+    # Plain jinja2 as well, thinking explicitly off.
+    template = jinja2.Environment().from_string(CHAT_TEMPLATES["gemma4"])
+    plain = template.render(
+        messages=conversation, bos_token="<bos>", add_generation_prompt=add_generation_prompt, enable_thinking=False
+    )
+    assert plain == rendered
+    if add_generation_prompt:
+        assert rendered.endswith("<|turn>model\n")
+
+
+def test_gemma4_template_thinking_on_opens_a_system_turn():
+    from kerasgemma.data import GEMMA4_CHAT_TEMPLATE
+
+    (rendered,), _ = render_jinja_template(
+        [SINGLE[:1]], chat_template=GEMMA4_CHAT_TEMPLATE, add_generation_prompt=True, bos_token="<bos>",
+        enable_thinking=True,
+    )
+    assert rendered == "<bos><|turn>system\n<|think|>\n<turn|>\n<|turn>user\n什么是熊猫？<turn|>\n<|turn>model\n"
+
+
+def test_gemma4_family_comes_from_the_tokenizer():
+    from kerasgemma.data import resolve_template
+    from kerasgemma.tiny import GEMMA4_PIECES
+
+    gemma4 = build_tiny_tokenizer_proto([m["content"] for m in MULTI + SINGLE], special_pieces=GEMMA4_PIECES)
+    assert resolve_template("gemma", gemma4) == "gemma4"
+    assert resolve_template("gemma", build_tiny_tokenizer_proto()) == "gemma3"
+    (example,), _ = tokenize_examples([{"messages": SINGLE}], gemma4, max_tokens=200)
+    processor = sentencepiece_processor(gemma4)
+    assert processor.decode(example.token_ids[1:].tolist()) == format_chat(SINGLE, template="gemma4").text
+    # Completion-only loss: the answer and its <turn|>, nothing of the prompt.
+    assert processor.decode(example.token_ids[example.loss_mask == 1].tolist()) == "熊猫是一种熊。<turn|>"

@@ -15,11 +15,12 @@ from kerasgemma.data.batching import MODES, Batches, bucket_length, pack_rows
 from kerasgemma.data.chat_format import (
     PLAIN_INSTRUCTION,
     TEMPLATES,
+    TURN_FORMATS,
     ChatText,
     format_chat,
     generation_prompt,
 )
-from kerasgemma.data.chat_template import GEMMA_CHAT_TEMPLATE
+from kerasgemma.data.chat_template import CHAT_TEMPLATES, GEMMA4_CHAT_TEMPLATE, GEMMA_CHAT_TEMPLATE
 from kerasgemma.data.loading import (
     HUB_PREFIX,
     load_source_examples,
@@ -35,6 +36,7 @@ from kerasgemma.data.rows import RowError, row_to_conversations, validate_messag
 from kerasgemma.data.split import split_examples
 from kerasgemma.data.tokenize import (
     TokenizedExample,
+    resolve_template,
     sentencepiece_processor,
     tokenize_examples,
 )

@@ -1,29 +1,72 @@
 """Render a conversation as training text and mark which characters the model learns.
 
-Two templates:
+Templates:
 
-- "gemma" (default): Gemma's chat format, character for character what
+- "gemma" (default): the model's own chat format, chosen from its tokenizer
+  (`kerasgemma.data.tokenize.resolve_template`): Gemma 1–3's, or Gemma 4's
+  where the tokenizer has Gemma 4's turn markers. Never hard-coded per run.
+- "gemma3" is Gemma 1–3's format, character for character what
   `GEMMA_CHAT_TEMPLATE` renders, minus the leading BOS (added as an id by
   `kerasgemma.data.tokenize`):
   `<start_of_turn>user\\n{question}<end_of_turn>\\n<start_of_turn>model\\n{answer}<end_of_turn>\\n`.
-  Gemma has no system role; a system message is prepended to the first user
-  turn followed by a blank line.
+  Gemma 1–3 have no system role; a system message is prepended to the first
+  user turn followed by a blank line. ("gemma" means this one when no
+  tokenizer says otherwise.)
+- "gemma4": Gemma 4's format, what `GEMMA4_CHAT_TEMPLATE` renders with
+  thinking off (the default): `<|turn>user\\n{question}<turn|>\\n<|turn>model\\n{answer}<turn|>\\n`;
+  a system message is its own `<|turn>system` turn.
 - "plain": the reference notebook's prompt, a fixed instruction followed by
   `问题：{question}` and `答案：{answer}`; it has no end marker in text, so the
   tokenizer appends EOS, which the model learns to emit.
 
 `loss_spans` are the character ranges of the model's turns: each answer plus
-its `<end_of_turn>` (not the newline after it, which the model never has to
-generate: generation stops at `<end_of_turn>`).
+its end-of-turn marker (`<end_of_turn>`, Gemma 4's `<turn|>`; not the newline
+after it, which the model never has to generate: generation stops at the
+marker).
 """
 
 import dataclasses
 
-TEMPLATES = ("gemma", "plain")
 START_OF_TURN = "<start_of_turn>"
 END_OF_TURN = "<end_of_turn>"
 PLAIN_INSTRUCTION = "请回答下面的问题。"
-_GEMMA_ROLES = {"user": "user", "assistant": "model"}
+_GEMMA_ROLES = {"user": "user", "assistant": "model", "system": "system"}
+
+
+@dataclasses.dataclass(frozen=True)
+class TurnFormat:
+    """How one Gemma family writes a turn.
+
+    Args:
+        start: str. Marker opening a turn, followed by the role and "\\n".
+        end: str. Marker closing a turn (learned, and the stop token).
+        system_turn: bool. A system message is a turn of its own (Gemma 4),
+            else it is prepended to the first user turn (Gemma 1–3).
+    """
+
+    start: str
+    end: str
+    system_turn: bool
+
+
+# One row per chat family; "gemma" is resolved to a row from the tokenizer.
+TURN_FORMATS = {
+    "gemma3": TurnFormat(START_OF_TURN, END_OF_TURN, system_turn=False),
+    "gemma4": TurnFormat("<|turn>", "<turn|>", system_turn=True),
+}
+TEMPLATES = ("gemma",) + tuple(TURN_FORMATS) + ("plain",)
+
+
+def end_of_turn(template):
+    """The end-of-turn marker of a template (None for "plain").
+
+    Example:
+    >>> end_of_turn("gemma4"), end_of_turn("gemma")
+    ('<turn|>', '<end_of_turn>')
+    """
+    if template == "plain":
+        return None
+    return TURN_FORMATS["gemma3" if template == "gemma" else template].end
 
 
 @dataclasses.dataclass
@@ -47,7 +90,9 @@ def format_chat(messages, template="gemma", add_generation_prompt=False):
     Args:
         messages: list of `{"role", "content"}` dicts: an optional `system`
             message, then `user`/`assistant` alternating from `user`.
-        template: str. "gemma" or "plain".
+        template: str. One of `TEMPLATES`; "gemma" here is Gemma 1–3's
+            format (resolve it from the tokenizer first:
+            `kerasgemma.data.tokenize.resolve_template`).
         add_generation_prompt: bool. End with the opening of a model turn.
 
     Returns:
@@ -66,7 +111,9 @@ def format_chat(messages, template="gemma", add_generation_prompt=False):
     """
     system, turns = _split_system(messages)
     if template == "gemma":
-        return _format_gemma(system, turns, add_generation_prompt)
+        template = "gemma3"
+    if template in TURN_FORMATS:
+        return _format_turns(TURN_FORMATS[template], system, turns, add_generation_prompt)
     if template == "plain":
         return _format_plain(system, turns, add_generation_prompt)
     raise ValueError(f"template must be one of {TEMPLATES}, got {template!r}.")
@@ -78,9 +125,11 @@ def generation_prompt(messages, template="gemma"):
     Args:
         messages: list of messages ending with a `user` turn (an optional
             `system` message first).
-        template: str. "gemma" or "plain".
+        template: str. One of `TEMPLATES`.
 
     Example:
+    >>> generation_prompt([{"role": "user", "content": "1+1=?"}], template="gemma4")
+    '<|turn>user\\n1+1=?<turn|>\\n<|turn>model\\n'
     >>> generation_prompt([{"role": "system", "content": "用中文回答。"},
     ...                    {"role": "user", "content": "1+1=?"}])
     '<start_of_turn>user\\n用中文回答。\\n\\n1+1=?<end_of_turn>\\n<start_of_turn>model\\n'
@@ -105,20 +154,24 @@ def _split_system(messages):
     return system, turns
 
 
-def _format_gemma(system, turns, add_generation_prompt):
+def _format_turns(form, system, turns, add_generation_prompt):
+    if system is not None and form.system_turn:
+        # Gemma 4's template trims the system text like every other turn.
+        turns = [{"role": "system", "content": system}] + list(turns)
+        system = None
     parts, spans, length = [], [], 0
     for index, message in enumerate(turns):
-        head = f"{START_OF_TURN}{_GEMMA_ROLES[message['role']]}\n"
+        head = f"{form.start}{_GEMMA_ROLES[message['role']]}\n"
         if index == 0 and system is not None:
             head += system + "\n\n"  # Not stripped: the template does not trim it.
         # `.strip()` is what the template's `| trim` filter does.
-        body = message["content"].strip() + END_OF_TURN
+        body = message["content"].strip() + form.end
         if message["role"] == "assistant":
             spans.append((length + len(head), length + len(head) + len(body)))
         parts += [head, body, "\n"]
         length += len(head) + len(body) + 1
     if add_generation_prompt:
-        parts.append(f"{START_OF_TURN}model\n")
+        parts.append(f"{form.start}model\n")
     return ChatText("".join(parts), spans)
 
 

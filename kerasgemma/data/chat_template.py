@@ -55,3 +55,42 @@ GEMMA_CHAT_TEMPLATE = (
     "    {{'<start_of_turn>model\\n'}}\n"
     "{%- endif -%}\n"
 )
+
+# Gemma 4's chat template for text conversations, the turns exactly as
+# Google's Gemma 4 template writes them (`<|turn>{role}\n{content | trim}<turn|>\n`,
+# `assistant` → `model`, a system message as its own `<|turn>system` turn,
+# `enable_thinking` → `<|think|>` at the start of the system turn, off by
+# default) without Google's tool-calling and media branches. The generation
+# prompt is `<|turn>model\n`, as in the E2B/E4B template (the 26B/31B one
+# also pre-fills an empty thought channel when thinking is off).
+# `kerasgemma.data.chat_format.format_chat(..., template="gemma4")` writes
+# the same text, minus the leading BOS (added as an id).
+GEMMA4_CHAT_TEMPLATE = (
+    "{{- bos_token -}}\n"
+    "{%- set loop_messages = messages -%}\n"
+    "{%- set thinking = enable_thinking is defined and enable_thinking -%}\n"
+    "{%- if thinking or messages[0]['role'] == 'system' -%}\n"
+    "    {{- '<|turn>system\\n' -}}\n"
+    "    {%- if thinking -%}\n"
+    "        {{- '<|think|>\\n' -}}\n"
+    "    {%- endif -%}\n"
+    "    {%- if messages[0]['role'] == 'system' -%}\n"
+    "        {{- messages[0]['content'] | trim -}}\n"
+    "        {%- set loop_messages = messages[1:] -%}\n"
+    "    {%- endif -%}\n"
+    "    {{- '<turn|>\\n' -}}\n"
+    "{%- endif -%}\n"
+    "{%- for message in loop_messages -%}\n"
+    "    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}\n"
+    '        {{- raise_exception("Conversation roles must alternate user/assistant/user/assistant/...") -}}\n'
+    "    {%- endif -%}\n"
+    "    {%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}\n"
+    "    {{- '<|turn>' + role + '\\n' + (message['content'] | trim) + '<turn|>\\n' -}}\n"
+    "{%- endfor -%}\n"
+    "{%- if add_generation_prompt -%}\n"
+    "    {{- '<|turn>model\\n' -}}\n"
+    "{%- endif -%}\n"
+)
+
+# The Jinja template of each chat family of `kerasgemma.data.chat_format`.
+CHAT_TEMPLATES = {"gemma3": GEMMA_CHAT_TEMPLATE, "gemma4": GEMMA4_CHAT_TEMPLATE}

@@ -16,6 +16,7 @@ import dataclasses
 import numpy as np
 import sentencepiece as spm
 
+from kerasgemma.data.chat_format import TURN_FORMATS
 from kerasgemma.data.chat_format import format_chat
 from kerasgemma.data.report import TokenReport
 
@@ -63,6 +64,29 @@ def sentencepiece_processor(tokenizer):
     return spm.SentencePieceProcessor(model_proto=proto)
 
 
+def resolve_template(template, tokenizer):
+    """The chat family "gemma" means for this tokenizer; other names unchanged.
+
+    A tokenizer with Gemma 4's turn marker (`<|turn>`) as one piece gets
+    "gemma4", any other "gemma3" (Gemma 1–3's format): the format follows
+    the model, never a per-run setting.
+
+    Example:
+    >>> from kerasgemma.tiny import build_tiny_tokenizer_proto
+    >>> resolve_template("gemma", build_tiny_tokenizer_proto())
+    'gemma3'
+    >>> resolve_template("plain", build_tiny_tokenizer_proto())
+    'plain'
+    """
+    if template != "gemma":
+        return template
+    processor = sentencepiece_processor(tokenizer)
+    for family, form in TURN_FORMATS.items():
+        if family != "gemma3" and processor.piece_to_id(form.start) != processor.unk_id():
+            return family
+    return "gemma3"
+
+
 def tokenize_examples(
     examples,
     tokenizer,
@@ -80,9 +104,10 @@ def tokenize_examples(
         max_tokens: int. Most token ids per example, BOS included. An example
             of n ids gives n - 1 (input, next-token) positions, so
             `sequence_length + 1` fills a row of `sequence_length` exactly.
-        template: str. "gemma" or "plain" (see `format_chat`).
+        template: str. "gemma" (the tokenizer's own Gemma chat format, see
+            `resolve_template`), "gemma3", "gemma4" or "plain" (see `format_chat`).
         loss: str. "completion" puts loss on the model's turns only (answer
-            and its `<end_of_turn>`); "full" on every token after BOS.
+            and its end-of-turn marker); "full" on every token after BOS.
         overflow: str. For examples longer than `max_tokens`: "truncate"
             cuts the end (the answer side) or "drop" leaves them out. An
             example whose answer would be cut away entirely is always dropped.
@@ -109,6 +134,7 @@ def tokenize_examples(
     if overflow not in OVERFLOW_CHOICES:
         raise ValueError(f"overflow must be one of {OVERFLOW_CHOICES}, got {overflow!r}.")
     processor = sentencepiece_processor(tokenizer)
+    template = resolve_template(template, processor)
     chats = [format_chat(example["messages"], template) for example in examples]
     encoded = processor.encode([chat.text for chat in chats], return_type="offset_mapping")
     tokenized, lengths, truncated, dropped = [], [], 0, 0

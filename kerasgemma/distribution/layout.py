@@ -1,4 +1,4 @@
-"""Layout maps for Gemma 1/2/3, the Keras distribution they feed, and batch placement.
+"""Layout maps for Gemma 1/2/3/4, the Keras distribution they feed, and batch placement.
 
 Weights are laid out as keras-hub lays out Gemma 1/2 (after the Gemma team's
 training config): each large kernel is split over `model` on its heads or
@@ -63,6 +63,55 @@ def gemma3_layout_map(device_mesh, model_parallel_dim_name=MODEL_AXIS, data_para
     return layout_map
 
 
+def gemma4_layout_map(device_mesh, model_parallel_dim_name=MODEL_AXIS, data_parallel_dim_name=BATCH_AXIS):
+    """A `keras.distribution.LayoutMap` for `Gemma4Backbone` (dense and MoE text weights).
+
+    Gemma 3's rules for attention and the dense MLP (the same variable
+    paths), plus:
+    `per_layer_token_embedding/embeddings` (262144, layers x 256), the
+    largest weight of E2B/E4B, split like the token embedding;
+    `per_layer_model_projection/kernel` (hidden, layers x 256);
+    `decoder_block_N/per_layer_input_gate/kernel` (hidden, 256) and
+    `per_layer_up_proj/kernel` (256, hidden), split on hidden only;
+    `decoder_block_N/moe_expert_bank/{gate,up}_proj` (experts, hidden,
+    expert width) and `down_proj` (experts, expert width, hidden): experts
+    over `model`, hidden over `batch`. K=V layers simply have no `value`,
+    KV-shared layers no `key`/`value`. The router, the norms and the
+    vision/audio towers (`encoder_block…` paths) stay replicated. The token
+    embedding rule is anchored: unanchored it also matches
+    `per_layer_token_embedding`, and Keras refuses a path two rules match.
+
+    Example:
+    >>> mesh = keras.distribution.DeviceMesh((1, 1), ("batch", "model"), keras.distribution.list_devices()[:1])
+    >>> layout = gemma4_layout_map(mesh)
+    >>> layout["decoder_block_3/moe_expert_bank/down_proj"].axes
+    ('model', None, 'batch')
+    >>> layout["per_layer_token_embedding/embeddings"].axes
+    ('model', 'batch')
+    """
+    model, data = model_parallel_dim_name, data_parallel_dim_name
+    layout = gemma3_layout_map(device_mesh, model, data)
+    del layout["token_embedding/embeddings"]
+    layout["^token_embedding/embeddings"] = (model, data)
+    layout["per_layer_token_embedding/embeddings"] = (model, data)
+    layout["per_layer_model_projection/kernel"] = (data, model)
+    layout["decoder_block.*per_layer_input_gate/kernel"] = (data, None)
+    layout["decoder_block.*per_layer_up_proj/kernel"] = (None, data)
+    layout["decoder_block.*moe_expert_bank/(gate_proj|up_proj)"] = (model, data, None)
+    layout["decoder_block.*moe_expert_bank/down_proj"] = (model, None, data)
+    return layout
+
+
+# Layout map of each architecture (see `kerasgemma.export.hf_config.architecture_of`).
+LAYOUT_MAPS = {
+    "gemma": lambda mesh: keras_hub.models.GemmaBackbone.get_layout_map(mesh, MODEL_AXIS, BATCH_AXIS),
+    "gemma2": lambda mesh: keras_hub.models.GemmaBackbone.get_layout_map(mesh, MODEL_AXIS, BATCH_AXIS),
+    "gemma3": lambda mesh: gemma3_layout_map(mesh),
+    "gemma4": lambda mesh: gemma4_layout_map(mesh),
+    "gemma4-moe": lambda mesh: gemma4_layout_map(mesh),
+}
+
+
 def layout_map(architecture, device_mesh):
     """The layout map of `architecture` ("gemma", "gemma2", "gemma3") on `device_mesh`.
 
@@ -71,11 +120,9 @@ def layout_map(architecture, device_mesh):
     >>> layout_map("gemma", mesh)["decoder_block_0/ffw_linear/kernel"].axes
     ('model', 'batch')
     """
-    if architecture in ("gemma", "gemma2"):
-        return keras_hub.models.GemmaBackbone.get_layout_map(device_mesh, MODEL_AXIS, BATCH_AXIS)
-    if architecture == "gemma3":
-        return gemma3_layout_map(device_mesh)
-    raise DistributionError(f"No layout map for architecture {architecture!r}; expected gemma, gemma2 or gemma3.")
+    if architecture in LAYOUT_MAPS:
+        return LAYOUT_MAPS[architecture](device_mesh)
+    raise DistributionError(f"No layout map for architecture {architecture!r}; expected one of {sorted(LAYOUT_MAPS)}.")
 
 
 def fit_axes(axes, shape, mesh_sizes):

@@ -14,14 +14,17 @@ import shutil
 import tempfile
 
 from kerasgemma.atomic import write_json_atomic
+from kerasgemma.data.chat_format import TURN_FORMATS
+from kerasgemma.data.chat_template import CHAT_TEMPLATES
+from kerasgemma.data.tokenize import resolve_template
 from kerasgemma.files import GENERATION_CONFIG
 from kerasgemma.files import SPECIAL_TOKENS_MAP
 from kerasgemma.files import TOKENIZER_CONFIG
 from kerasgemma.files import TOKENIZER_JSON
 from kerasgemma.files import TOKENIZER_MODEL
 
-START_OF_TURN = "<start_of_turn>"
-END_OF_TURN = "<end_of_turn>"
+START_OF_TURN = TURN_FORMATS["gemma3"].start
+END_OF_TURN = TURN_FORMATS["gemma3"].end
 # Gemma 4's markers besides the turn ones; written as special tokens when
 # the vocabulary has them. `<|tool_response>` also ends a generation.
 GEMMA4_MARKERS = (
@@ -49,9 +52,18 @@ PROBE_TEXTS = (
 )
 
 
+def chat_family(tokenizer):
+    """The chat family of this tokenizer's Gemma generation: "gemma3" (Gemma 1–3) or "gemma4".
+
+    The same rule training uses (`kerasgemma.data.tokenize.resolve_template`),
+    so the exported template is the one the model was trained on.
+    """
+    return resolve_template("gemma", tokenizer)
+
+
 def is_gemma4_tokenizer(tokenizer):
-    """True for a keras-hub `Gemma4Tokenizer` (`<|turn>` markers)."""
-    return type(tokenizer).__name__ == "Gemma4Tokenizer"
+    """True for a tokenizer with Gemma 4's `<|turn>` markers."""
+    return chat_family(tokenizer) == "gemma4"
 
 
 def turn_markers(tokenizer):
@@ -62,26 +74,14 @@ def turn_markers(tokenizer):
     >>> turn_markers(build_tiny_causal_lm("gemma4").preprocessor.tokenizer)
     ('<|turn>', '<turn|>')
     """
-    if is_gemma4_tokenizer(tokenizer):
-        from kerasgemma.data.gemma4_chat_template import (
-            GEMMA4_END_OF_TURN,
-            GEMMA4_START_OF_TURN,
-        )
-
-        return GEMMA4_START_OF_TURN, GEMMA4_END_OF_TURN
-    return START_OF_TURN, END_OF_TURN
+    form = TURN_FORMATS[chat_family(tokenizer)]
+    return form.start, form.end
 
 
 def _default_chat_template(tokenizer):
     # One copy of each template lives with the data formatter that
     # produced the training text; the exported one must be the same string.
-    if is_gemma4_tokenizer(tokenizer):
-        from kerasgemma.data.gemma4_chat_template import GEMMA4_CHAT_TEMPLATE
-
-        return GEMMA4_CHAT_TEMPLATE
-    from kerasgemma.data.chat_template import GEMMA_CHAT_TEMPLATE
-
-    return GEMMA_CHAT_TEMPLATE
+    return CHAT_TEMPLATES[chat_family(tokenizer)]
 
 
 def _has_token(tokenizer, token):
