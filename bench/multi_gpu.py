@@ -68,7 +68,7 @@ def run_mode(args):
     from kerasgemma.distribution import Strategy, configure, report_unsharded, shard_batch
     from kerasgemma.model import enable_lora
     from kerasgemma.tiny import _CLASSES
-    from kerasgemma.train.step import make_train_step
+    from kerasgemma.training.step import make_train_step
 
     count = jax.device_count()
     mesh = {"single": (1, 1), "data": (count, 1), "model": (1, count)}[args.only]

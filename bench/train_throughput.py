@@ -140,7 +140,7 @@ def kerasgemma_setup(shape, sequences, steps, warmup, dtype="bfloat16", fused_lo
     from kerasgemma.config import TrainConfig
     from kerasgemma.data import Batches, TokenizedExample
     from kerasgemma.model import enable_lora
-    from kerasgemma.train import make_optimizer, make_train_step, stack_micro_batches
+    from kerasgemma.training import make_optimizer, make_train_step, stack_micro_batches
 
     lm = _keras_model(shape, dtype)
     enable_lora(lm, LORA_RANK, targets="query,value")

@@ -29,8 +29,8 @@ from kerasgemma.data.pipeline import prepare_data  # noqa: E402
 from kerasgemma.export.adapter import export_adapter  # noqa: E402
 from kerasgemma.export.merged import export_merged  # noqa: E402
 from kerasgemma.export.verify import verify_export  # noqa: E402
-from kerasgemma.generate import chat  # noqa: E402
-from kerasgemma.generate import generate  # noqa: E402
+from kerasgemma.generation import chat  # noqa: E402
+from kerasgemma.generation import generate  # noqa: E402
 from kerasgemma.hub import push_to_hub  # noqa: E402
 from kerasgemma.run import Run  # noqa: E402
 from kerasgemma.run import load_run  # noqa: E402

@@ -78,7 +78,7 @@ def model_card(folder, base_model, lora=None, run_config=None, training=None, re
         base_model: str. The model fine-tuned (a preset or an HF id).
         lora: dict or None. LoRA settings: rank, alpha, targets.
         run_config: dict or None. The training run's config.json.
-        training: dict or None. `kerasgemma.train.metrics.training_summary`.
+        training: dict or None. `kerasgemma.training.metrics.training_summary`.
         repo_id: str or None. Used in the usage snippet (else the folder).
 
     Example:

@@ -25,18 +25,18 @@ from kerasgemma.data.pipeline import prepare_data
 from kerasgemma.errors import MissingFileError
 from kerasgemma.errors import UserError
 from kerasgemma.export.pipeline import export_and_verify
-from kerasgemma.generate import chat
+from kerasgemma.generation import chat
 from kerasgemma.hub import write_model_card
 from kerasgemma.model import TINY_PREFIX
 from kerasgemma.model import enable_lora
 from kerasgemma.model import load_causal_lm
 from kerasgemma.model import lora_settings
 from kerasgemma.run_lock import run_lock
-from kerasgemma.train import checkpoint
-from kerasgemma.train.loop import Trainer
-from kerasgemma.train.metrics import MetricsLog
-from kerasgemma.train.metrics import training_summary
-from kerasgemma.train.metrics import truncate_jsonl
+from kerasgemma.training import checkpoint
+from kerasgemma.training.loop import Trainer
+from kerasgemma.training.metrics import MetricsLog
+from kerasgemma.training.metrics import training_summary
+from kerasgemma.training.metrics import truncate_jsonl
 
 MIN_FREE_BYTES = 100 * 2**20
 

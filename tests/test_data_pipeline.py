@@ -5,6 +5,8 @@ import json
 import numpy as np
 import pytest
 
+from kerasgemma.config import TrainConfig
+
 from kerasgemma.data import (
     Batches,
     load_examples,
@@ -95,8 +97,9 @@ def test_hub_route_downloads_the_raw_subset_file(hc3_file, monkeypatch):
     assert calls == [("Hello-SimpleAI/HC3-Chinese", "baike.jsonl", "dataset", None)]
     assert len(examples) == 4 and report.rows_read == 3
     proto = build_tiny_tokenizer_proto()
-    data = prepare_data("hf://Hello-SimpleAI/HC3-Chinese", proto, sequence_length=64, batch_size=2,
-                        subset="baike", validation_fraction=0.0)
+    config = TrainConfig(data="hf://Hello-SimpleAI/HC3-Chinese", sequence_length=64, batch_size=2,
+                         subset="baike", validation_fraction=0.0)
+    data = prepare_data(config, proto)
     assert calls[-1][:2] == ("Hello-SimpleAI/HC3-Chinese", "baike.jsonl")
     assert data.summary()["train_examples"] == 3 and data.validation is None
 

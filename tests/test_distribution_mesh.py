@@ -110,7 +110,7 @@ def train_losses(causal_lm, batches):
 
     from kerasgemma.distribution import shard_batch
     from kerasgemma.model import enable_lora
-    from kerasgemma.train.step import make_train_step
+    from kerasgemma.training.step import make_train_step
 
     enable_lora(causal_lm, rank=2, targets="all")
     optimizer = keras.optimizers.AdamW(learning_rate=1e-3)

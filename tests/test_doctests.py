@@ -29,7 +29,7 @@ HF_EXPORT_EXAMPLES = {
 
 # Examples that compile a generate function or run training steps (tens of
 # seconds on 2 CPU cores); test_generate.py and test_train_*.py cover them fast.
-COMPILING_EXAMPLES = {"kerasgemma.generate", "kerasgemma.train.loop"}
+COMPILING_EXAMPLES = {"kerasgemma.generation", "kerasgemma.training.loop"}
 SLOW_EXAMPLES = HF_EXPORT_EXAMPLES | COMPILING_EXAMPLES
 
 

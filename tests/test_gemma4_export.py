@@ -16,6 +16,7 @@ import pytest
 from safetensors.numpy import load_file
 from helpers import ALL_LINEAR, REPO_ROOT, lora_model
 
+from kerasgemma.data.chat_format import format_chat
 from kerasgemma.export import export_merged, verify_export
 from kerasgemma.export.adapter import export_adapter
 from kerasgemma.tiny import build_tiny_causal_lm
@@ -46,6 +47,7 @@ def test_merged_matches_transformers(lm, tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_adapter_matches_transformers(lm, tmp_path):
     base = export_merged(lm, tmp_path / "base", dtype="bfloat16", merge_lora=False)
     adapter = export_adapter(lm, tmp_path / "adapter", base_model_name_or_path=base)
@@ -75,12 +77,16 @@ def test_chat_template_renders_gemma4_turns(tmp_path):
         "<|turn>model\n你好<turn|>\n<|turn>user\n1+1?<turn|>\n<|turn>model\n"
     )
     thinking = hf.apply_chat_template(messages[1:2], tokenize=False, enable_thinking=True)
-    assert thinking.startswith("<bos><|turn>system\n<|think|><turn|>\n")
+    assert thinking.startswith("<bos><|turn>system\n<|think|>\n<turn|>\n")
+    # The exported template is the training formatter's text, BOS aside.
+    trained = format_chat(messages, template="gemma4", add_generation_prompt=True).text
+    assert text == "<bos>" + trained
     # The rendered turns tokenize to the Keras ids (markers are single tokens).
     keras_ids = [2] + [int(t) for t in lm.preprocessor.tokenizer(text[len("<bos>"):])]
     assert hf(text, add_special_tokens=False)["input_ids"] == keras_ids
 
 
+@pytest.mark.slow
 def test_convert_script_with_keras_hub_lora_file(tmp_path):
     """A preset folder + a `.lora.h5` written by keras-hub itself."""
     lm = build_tiny_causal_lm("gemma4")

@@ -58,7 +58,9 @@ def packed_and_alone(lm, lengths=(21, 14), padding=5, seed=0):
     return [packed[start:end] for start, end in zip(starts, starts[1:])], alone, batch
 
 
-@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize(
+    "architecture", [pytest.param("gemma4", marks=pytest.mark.slow), "gemma4-moe"]
+)
 def test_packed_examples_equal_examples_alone(tiny_lm, architecture):
     lm = tiny_lm(architecture)
     packed, alone, batch = packed_and_alone(lm)
@@ -71,6 +73,7 @@ def test_packed_examples_equal_examples_alone(tiny_lm, architecture):
     assert np.abs(leaked - alone[1]).max() > 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_packed_example_in_bfloat16_is_computed_as_if_alone(tiny_lm, architecture):
     """Positions restart per example (Gemma 4 takes them as `position_ids`):
@@ -80,6 +83,7 @@ def test_packed_example_in_bfloat16_is_computed_as_if_alone(tiny_lm, architectur
     np.testing.assert_allclose(packed[1], alone[1], atol=2e-2, rtol=0)
 
 
+@pytest.mark.slow
 def test_fused_attention_path_with_causal_hint_matches_examples_alone(tiny_lm, monkeypatch):
     """The fused-op path (cuDNN/TPU) with `is_causal=True` beside the segment mask
     (forced on here) still gives each packed example its losses alone."""
@@ -120,11 +124,12 @@ def test_lora_targets_skip_layers_a_block_lacks():
     assert any(kinds)
 
 
+@pytest.mark.slow
 def test_moe_lora_trains_attention_and_dense_mlp_experts_frozen():
     import jax
     import keras
 
-    from kerasgemma.train.step import make_train_step, stack_micro_batches
+    from kerasgemma.training.step import make_train_step, stack_micro_batches
 
     lm = load_causal_lm("tiny:gemma4-moe")
     enable_lora(lm, rank=2, targets="all")
@@ -194,6 +199,7 @@ def tiny_multimodal_lm(architecture):
     return type(text)(backbone=backbone, preprocessor=None)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("architecture", ["gemma3", "gemma4"])
 def test_multimodal_backbone_trains_on_text_towers_frozen(architecture):
     lm = tiny_multimodal_lm(architecture)

@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kerasgemma import generate as generate_module
+from kerasgemma import generation as generate_module
 from kerasgemma.data import generation_prompt, tokenize_examples
-from kerasgemma.generate import END_OF_TURN, chat, generate, make_sampler, stop_token_ids
+from kerasgemma.generation import END_OF_TURN, chat, generate, make_sampler, stop_token_ids
 from kerasgemma.model import load_causal_lm
 
 QUESTION = [{"role": "user", "content": "中国的首都是哪里？"}]

@@ -20,7 +20,7 @@ def test_prints_path_last(monkeypatch, capsys, tmp_path):
         print("progress chatter")
         return str(tmp_path / preset.OFFLINE_PRESET_NAME)
 
-    monkeypatch.setattr(preset, "build_offline_preset", fake_build)
+    monkeypatch.setattr(command, "build_offline_preset", fake_build)
     args = parse(["--cache-dir", str(tmp_path), "--force"])
     assert command.run(args) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -32,7 +32,7 @@ def test_missing_package_is_a_clear_error(monkeypatch, capsys):
     def fake_build(cache_dir=None, force=False, progress=True):
         raise ImportError("The offline Gemma 3 270M needs its PyPI packages")
 
-    monkeypatch.setattr(preset, "build_offline_preset", fake_build)
+    monkeypatch.setattr(command, "build_offline_preset", fake_build)
     assert cli.main(["offline-model"]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""

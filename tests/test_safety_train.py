@@ -19,7 +19,7 @@ from kerasgemma import run as run_module
 from kerasgemma.config import TrainConfig
 from kerasgemma.files import RUN_LOCK
 from kerasgemma.run_lock import run_lock
-from kerasgemma.train import checkpoint
+from kerasgemma.training import checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 

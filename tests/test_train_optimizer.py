@@ -7,7 +7,7 @@ import pytest
 
 from kerasgemma.config import TrainConfig
 from kerasgemma.model import enable_lora, load_causal_lm
-from kerasgemma.train.optimizer import WarmupDecay, make_optimizer
+from kerasgemma.training.optimizer import WarmupDecay, make_optimizer
 
 
 def _rates(schedule, steps):

@@ -11,7 +11,7 @@ import pytest
 
 from kerasgemma import run as run_module
 from kerasgemma.config import TrainConfig
-from kerasgemma.train import checkpoint
+from kerasgemma.training import checkpoint
 from helpers import REPO_ROOT
 
 REPO = REPO_ROOT
@@ -23,7 +23,7 @@ REPO = REPO_ROOT
 CHILD = """
 import argparse, sys, time
 import numpy as np
-from kerasgemma.train import checkpoint
+from kerasgemma.training import checkpoint
 from kerasgemma.cli import main
 
 hang_at = int(sys.argv[1])

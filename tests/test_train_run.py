@@ -12,12 +12,12 @@ from PIL import Image
 
 from kerasgemma import run as run_module
 from kerasgemma.config import TrainConfig
-from kerasgemma.train import checkpoint
+from kerasgemma.training import checkpoint
 from kerasgemma import cli
 from kerasgemma.errors import UserError
-from kerasgemma.train.loop import TrainingDiverged
-from kerasgemma.train.metrics import PLOT_DATA_KEY
-from kerasgemma.train.optimizer import make_schedule
+from kerasgemma.training.loop import TrainingDiverged
+from kerasgemma.training.metrics import PLOT_DATA_KEY
+from kerasgemma.training.optimizer import make_schedule
 
 
 def write_rows(path, count=24):

@@ -6,8 +6,8 @@ import numpy as np
 from kerasgemma.config import TrainConfig
 from kerasgemma.data import Batches, TokenizedExample
 from kerasgemma.model import enable_lora, load_causal_lm
-from kerasgemma.train.optimizer import make_optimizer
-from kerasgemma.train.step import make_train_step, stack_micro_batches
+from kerasgemma.training.optimizer import make_optimizer
+from kerasgemma.training.step import make_train_step, stack_micro_batches
 
 
 def _examples(lengths, vocabulary_size, seed=0):

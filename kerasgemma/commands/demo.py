@@ -12,7 +12,7 @@ from kerasgemma.commands.train import report_interrupted
 from kerasgemma.demo import DEMO_CONFIG
 from kerasgemma.demo import __doc__ as DEMO_DOC
 from kerasgemma.demo import run_demo
-from kerasgemma.train.loop import TrainingInterrupted
+from kerasgemma.training.loop import TrainingInterrupted
 
 
 def add_parser(subparsers):

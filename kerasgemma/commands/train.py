@@ -11,8 +11,8 @@ from kerasgemma.commands.config_flags import add_config_arguments
 from kerasgemma.commands.config_flags import config_from_args
 from kerasgemma.run import resume
 from kerasgemma.run import train
-from kerasgemma.train.loop import TrainingDiverged
-from kerasgemma.train.loop import TrainingInterrupted
+from kerasgemma.training.loop import TrainingDiverged
+from kerasgemma.training.loop import TrainingInterrupted
 
 
 def add_parser(subparsers):

@@ -31,8 +31,8 @@ from kerasgemma.files import RUN_CONFIG
 from kerasgemma.model import enable_lora
 from kerasgemma.model import load_causal_lm
 from kerasgemma.model import lora_settings
-from kerasgemma.train import checkpoint
-from kerasgemma.train.metrics import training_summary
+from kerasgemma.training import checkpoint
+from kerasgemma.training.metrics import training_summary
 
 
 @dataclasses.dataclass

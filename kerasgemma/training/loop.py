@@ -19,13 +19,13 @@ from tqdm.auto import tqdm
 
 from kerasgemma.distribution import shard_batch
 from kerasgemma.errors import UserError
-from kerasgemma.train import checkpoint
-from kerasgemma.train.metrics import MetricsLog
-from kerasgemma.train.optimizer import make_optimizer
-from kerasgemma.train.optimizer import make_schedule
-from kerasgemma.train.step import make_eval_step
-from kerasgemma.train.step import make_train_step
-from kerasgemma.train.step import stack_micro_batches
+from kerasgemma.training import checkpoint
+from kerasgemma.training.metrics import MetricsLog
+from kerasgemma.training.optimizer import make_optimizer
+from kerasgemma.training.optimizer import make_schedule
+from kerasgemma.training.step import make_eval_step
+from kerasgemma.training.step import make_train_step
+from kerasgemma.training.step import stack_micro_batches
 
 
 class TrainingDiverged(RuntimeError):
