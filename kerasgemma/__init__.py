@@ -11,12 +11,13 @@ Everything a notebook needs is here, one import away:
 
 Or step by step: `kg.start_run(config)` returns a `Run` to `fit()`,
 `answer(questions)`, `save_lora()` and `export()`; `kg.resume(run_dir)`
-continues a killed run; `kg.load_run(run_dir)` brings a finished one back.
+continues a killed run; `kg.load_run(run_dir)` brings a finished one back;
+`kg.convert(run_dir_or_preset, out)` is `kerasgemma export` from Python.
 
 Example:
 >>> import kerasgemma as kg
 >>> sorted(kg.__all__)[:4]
-['Run', 'TrainConfig', 'chat', 'export_adapter']
+['Run', 'TrainConfig', 'chat', 'convert']
 """
 
 from kerasgemma.backend import ensure_jax_backend
@@ -27,6 +28,7 @@ from kerasgemma.config import TrainConfig  # noqa: E402  (after the backend is c
 from kerasgemma.data.chat_format import format_chat  # noqa: E402
 from kerasgemma.data.pipeline import prepare_data  # noqa: E402
 from kerasgemma.export.adapter import export_adapter  # noqa: E402
+from kerasgemma.export.convert import convert  # noqa: E402
 from kerasgemma.export.merged import export_merged  # noqa: E402
 from kerasgemma.export.verify import verify_export  # noqa: E402
 from kerasgemma.generation import chat  # noqa: E402
@@ -45,6 +47,7 @@ __all__ = [
     "Run",
     "TrainConfig",
     "chat",
+    "convert",
     "export_adapter",
     "export_merged",
     "format_chat",

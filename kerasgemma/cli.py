@@ -22,6 +22,8 @@ from kerasgemma.commands import offline_model as offline_model_command
 from kerasgemma.commands import train as train_command
 from kerasgemma.errors import EXIT_USER_ERROR
 from kerasgemma.errors import UserError
+from kerasgemma.training.loop import TrainingDiverged
+from kerasgemma.training.loop import TrainingInterrupted
 
 COMMANDS = (demo_command, data_command, train_command, offline_model_command, export_command)
 
@@ -48,13 +50,27 @@ def make_parser():
 
 
 def run_command(args, name):
-    """Call `args.run(args)`; a `UserError` becomes one line on stderr and exit code 2.
+    """Call `args.run(args)` and turn the expected failures into messages and exit codes.
 
-    `args.debug` (`--debug`) lets the traceback through instead. Shared by
-    `kerasgemma` and `export/convert_to_hf.py`.
+    A `UserError` is one line on stderr and exit code 2; a diverged run says
+    where its last good checkpoint is (1); an interrupted one where it was
+    saved and how to continue (128 + the signal, as a shell reports a
+    process the signal killed). `args.debug` (`--debug`) lets the traceback
+    through instead. Shared by `kerasgemma` and `export/convert_to_hf.py`.
     """
     try:
         return args.run(args)
+    except TrainingDiverged as error:
+        if args.debug:
+            raise
+        print(f"{name}: {error}", file=sys.stderr)
+        return 1
+    except TrainingInterrupted as error:
+        if args.debug:
+            raise
+        run_dir = error.checkpoint.parent.parent
+        print(f"{name}: {error}\ncontinue with: kerasgemma resume {run_dir}", file=sys.stderr)
+        return 128 + error.signum
     except UserError as error:
         if args.debug:
             raise

@@ -14,10 +14,9 @@ Example (tiny random model, a few seconds):
 import dataclasses
 from pathlib import Path
 
+import kerasgemma as kg
 from kerasgemma.atomic import write_json_atomic
-from kerasgemma.config import TrainConfig
 from kerasgemma.files import DEMO_REPORT
-from kerasgemma.run import start_run
 
 SAMPLE_DATA = Path(__file__).parent / "data" / "sample" / "hc3_baike_sample.jsonl"
 
@@ -29,7 +28,7 @@ SAMPLE_DATA = Path(__file__).parent / "data" / "sample" / "hc3_baike_sample.json
 # only, the answers were right but ended in `<unused66>model` instead of
 # stopping (measured: <end_of_turn> ranked 4th). Two passes on all layers:
 # validation loss 4.29 -> 3.03 and every held-out answer stops cleanly.
-DEMO_CONFIG = TrainConfig(
+DEMO_CONFIG = kg.TrainConfig(
     preset="offline:gemma3_270m",
     data=str(SAMPLE_DATA),
     sequence_length=256,
@@ -57,7 +56,7 @@ def run_demo(config=DEMO_CONFIG, held_out=3, export=True, export_dtype="bfloat16
         progress: bool. Show progress bars.
         log: callable used to print progress lines.
     """
-    run = start_run(config, progress=progress)
+    run = kg.start_run(config, progress=progress)
     questions = [example["messages"][0]["content"] for example in run.validation_examples[:held_out]]
     log(f"model: {config.preset}, LoRA rank {config.lora_rank} on {config.lora_targets}, "
         f"{run.trainer.steps_per_epoch} steps/epoch, {run.trainer.total_steps} steps")

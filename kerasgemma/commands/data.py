@@ -15,12 +15,10 @@ import dataclasses
 import json
 import sys
 
+import kerasgemma as kg
+
 from kerasgemma.commands.config_flags import add_config_arguments
 from kerasgemma.commands.config_flags import config_from_args
-from kerasgemma.config import TrainConfig
-from kerasgemma.data.pipeline import load_data
-from kerasgemma.data.pipeline import prepare_data
-from kerasgemma.model import load_tokenizer
 
 # The settings that decide what the data stage produces.
 DATA_FIELDS = (
@@ -29,7 +27,7 @@ DATA_FIELDS = (
 )
 # Without --preset the counts come from a small Gemma-like test tokenizer:
 # instant and offline, but token lengths are then only indicative.
-DATA_BASE_CONFIG = TrainConfig(preset="tiny:gemma")
+DATA_BASE_CONFIG = kg.TrainConfig(preset="tiny:gemma")
 
 
 def add_parser(subparsers):
@@ -63,9 +61,7 @@ def run(args):
     config = config_from_args(args, base=DATA_BASE_CONFIG)
     if args.path:
         config = dataclasses.replace(config, data=args.path)
-    examples = load_data(config, progress=sys.stderr.isatty())
-    tokenizer = load_tokenizer(config.preset, texts=examples.texts())
-    summary = prepare_data(config, tokenizer, examples=examples).summary()
+    summary = kg.prepare_data(config, progress=sys.stderr.isatty()).summary()
     print(format_summary(summary))
     if args.json:
         print(json.dumps(summary, ensure_ascii=False, sort_keys=True))

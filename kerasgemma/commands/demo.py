@@ -8,11 +8,9 @@ import argparse
 
 from kerasgemma.commands.config_flags import add_config_arguments
 from kerasgemma.commands.config_flags import config_from_args
-from kerasgemma.commands.train import report_interrupted
 from kerasgemma.demo import DEMO_CONFIG
 from kerasgemma.demo import __doc__ as DEMO_DOC
 from kerasgemma.demo import run_demo
-from kerasgemma.training.loop import TrainingInterrupted
 
 
 def add_parser(subparsers):
@@ -33,16 +31,13 @@ def add_parser(subparsers):
 
 def run(args):
     config = config_from_args(args, base=DEMO_CONFIG)
-    try:
-        report = run_demo(
-            config,
-            held_out=args.held_out,
-            export=not args.skip_export,
-            export_dtype=args.export_dtype,
-            progress=not args.no_progress,
-        )
-    except TrainingInterrupted as error:
-        return report_interrupted("demo", error)
+    report = run_demo(
+        config,
+        held_out=args.held_out,
+        export=not args.skip_export,
+        export_dtype=args.export_dtype,
+        progress=not args.no_progress,
+    )
     verification = report.get("export", {}).get("verification")
     if verification is not None:
         print(f"verification: max |Δlogits| = {verification['max_abs_logits_diff']:.3g} "

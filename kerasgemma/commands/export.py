@@ -18,16 +18,9 @@ never printed or written.
 """
 
 import argparse
-import contextlib
-import os
 
-from kerasgemma import hub
-from kerasgemma.export.folder import check_output_dir
-from kerasgemma.export.pipeline import export_and_verify
-from kerasgemma.export.source import is_run_folder
-from kerasgemma.export.source import is_unfinished_run
-from kerasgemma.export.source import load_export_source
-from kerasgemma.run_lock import run_lock
+import kerasgemma as kg
+
 
 DTYPES = ("bfloat16", "float16", "float32")
 
@@ -92,43 +85,16 @@ def add_parser(subparsers):
 
 
 def run(args, log=print):
-    """Run an export from parsed arguments; returns the exit code.
-
-    Everything that can be checked without the model is checked first: the
-    output folder, and the Hub token when pushing.
-    """
-    inputs = [path for path in (args.source, args.lora, args.weights) if path and os.path.exists(path)]
-    check_output_dir(args.output_dir, protect=inputs, overwrite=args.overwrite)
-    if args.push:
-        hub.check_token(args.hub_endpoint, log=log)
-    is_run = os.path.isdir(args.source) and (is_run_folder(args.source) or is_unfinished_run(args.source))
-    # A run folder is locked so that a training cannot rewrite it mid-export;
-    # a read-only one (a shared copy) cannot be trained in by us, nor locked.
-    lock = is_run and os.access(args.source, os.W_OK)
-    with run_lock(args.source, "export") if lock else contextlib.nullcontext():
-        return _export(args, log)
-
-
-def _export(args, log):
-    log(f"loading {args.source}")
-    source = load_export_source(args.source, lora=args.lora, weights=args.weights, lora_rank=args.lora_rank,
-                                 lora_alpha=args.lora_alpha, lora_targets=args.lora_targets, log=log)
-    folder, report = export_and_verify(
-        source.causal_lm, args.output_dir, adapter_only=args.adapter_only,
-        base_model=args.base_model or source.preset,
-        dtype=args.dtype, max_shard_size=args.max_shard_size, verify=not args.no_verify,
-        max_new_tokens=args.max_new_tokens, atol=args.atol, check_mlx=not args.no_mlx,
-        progress=not args.no_progress, log=log, overwrite=args.overwrite,
+    """Run an export from parsed arguments; returns the exit code (1 if verification failed)."""
+    done = kg.convert(
+        args.source, args.output_dir, lora=args.lora, weights=args.weights, lora_rank=args.lora_rank,
+        lora_alpha=args.lora_alpha, lora_targets=args.lora_targets, adapter_only=args.adapter_only,
+        base_model=args.base_model, overwrite=args.overwrite, push=args.push, public=args.public,
+        force_push=args.force_push, hub_endpoint=args.hub_endpoint, log=log, dtype=args.dtype,
+        max_shard_size=args.max_shard_size, verify=not args.no_verify, max_new_tokens=args.max_new_tokens,
+        atol=args.atol, check_mlx=not args.no_mlx, progress=not args.no_progress,
     )
-    if report is not None:
-        log(report.summary())
-    hub.write_model_card(folder, args.base_model or source.preset, lora=source.lora,
-                         run_config=source.run_config, training=source.training, repo_id=args.push)
-    log(folder)
-    if report is not None and not report.passed and not args.force_push:
-        return 1
-    if args.push:
-        url = hub.push_to_hub(folder, args.push, private=not args.public, force=args.force_push,
-                              endpoint=args.hub_endpoint)
-        log(f"pushed to {url}")
-    return 0 if report is None or report.passed else 1
+    log(done.folder)
+    if done.url:
+        log(f"pushed to {done.url}")
+    return 0 if done.passed else 1

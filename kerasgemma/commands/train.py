@@ -5,14 +5,10 @@
     kerasgemma resume runs/20261128-101500            # after a crash, Ctrl-C or kill -9
 """
 
-import sys
+import kerasgemma as kg
 
 from kerasgemma.commands.config_flags import add_config_arguments
 from kerasgemma.commands.config_flags import config_from_args
-from kerasgemma.run import resume
-from kerasgemma.run import train
-from kerasgemma.training.loop import TrainingDiverged
-from kerasgemma.training.loop import TrainingInterrupted
 
 
 def add_parser(subparsers):
@@ -47,36 +43,9 @@ def report_run(run):
     return 0
 
 
-def _diverged(command, error):
-    # Divergence is an expected failure with a message that says what to do.
-    print(f"kerasgemma {command}: {error}", file=sys.stderr)
-    return 1
-
-
-def report_interrupted(command, error):
-    """Print where an interrupted run was saved and how to continue; return 128 + the signal.
-
-    128 + the signal number is how a shell reports a process the signal killed.
-    """
-    run_dir = error.checkpoint.parent.parent
-    print(f"kerasgemma {command}: {error}\ncontinue with: kerasgemma resume {run_dir}", file=sys.stderr)
-    return 128 + error.signum
-
-
 def run_train(args):
-    config = config_from_args(args)
-    try:
-        return report_run(train(config, progress=not args.no_progress))
-    except TrainingDiverged as error:
-        return _diverged("train", error)
-    except TrainingInterrupted as error:
-        return report_interrupted("train", error)
+    return report_run(kg.train(config_from_args(args), progress=not args.no_progress))
 
 
 def run_resume(args):
-    try:
-        return report_run(resume(args.run_dir, progress=not args.no_progress))
-    except TrainingDiverged as error:
-        return _diverged("resume", error)
-    except TrainingInterrupted as error:
-        return report_interrupted("resume", error)
+    return report_run(kg.resume(args.run_dir, progress=not args.no_progress))
