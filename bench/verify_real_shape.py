@@ -7,8 +7,8 @@ heads). Weights are random, the vocabulary is the tiny test tokenizer's (a
 real 262k vocabulary would not fit two float32 copies in a 24 GiB machine),
 and LoRA A and B are random on every linear layer of the text decoder.
 
-    python bench/verify_real_shape.py --preset gemma4_2b            # ~15 min on 2 CPU cores, ~16 GiB
-    python bench/verify_real_shape.py --preset gemma4_2b --adapter  # also the PEFT adapter
+    python bench/verify_real_shape.py --preset gemma4_2b --adapter                  # ~21 GiB of host memory
+    python bench/verify_real_shape.py --preset gemma4_2b --adapter --num-layers 10  # same widths, ~7 GiB
 
 Prints each verification report; exits 1 if one fails.
 """
@@ -25,10 +25,18 @@ from kerasgemma.model import enable_lora
 from kerasgemma.tiny import build_tiny_causal_lm
 
 
-def real_shape_model(preset, seed=0):
-    """A Gemma 4 causal LM with `preset`'s text shapes, the tiny tokenizer and random non-zero LoRA."""
+def real_shape_model(preset, num_layers=None, seed=0):
+    """A Gemma 4 causal LM with `preset`'s text shapes, the tiny tokenizer and random non-zero LoRA.
+
+    `num_layers`: keep only this many layers (the same widths, sliding/global
+    pattern and share of KV-shared layers), for machines that cannot hold
+    two float32 copies of the whole model.
+    """
     tiny = build_tiny_causal_lm("gemma4")
     config = dict(GEMMA4_TEXT_CONFIGS[preset], vocabulary_size=tiny.backbone.vocabulary_size)
+    if num_layers:
+        shared = config.get("num_kv_shared_layers", 0) * num_layers // config["num_layers"]
+        config.update(num_layers=num_layers, num_kv_shared_layers=shared)
     keras.utils.set_random_seed(seed)
     backbone = type(tiny.backbone)(**config, dtype="float32")
     causal_lm = type(tiny)(backbone=backbone, preprocessor=tiny.preprocessor)
@@ -46,8 +54,9 @@ def main(argv=None):
     parser.add_argument("--preset", default="gemma4_2b", choices=sorted(GEMMA4_TEXT_CONFIGS))
     parser.add_argument("--adapter", action="store_true", help="Also export and verify the PEFT adapter.")
     parser.add_argument("--max-new-tokens", type=int, default=4)
+    parser.add_argument("--num-layers", type=int, help="Fewer layers than the preset (same widths and pattern).")
     args = parser.parse_args(argv)
-    causal_lm = real_shape_model(args.preset)
+    causal_lm = real_shape_model(args.preset, args.num_layers)
     print(f"{args.preset} text shapes: {causal_lm.backbone.count_params() / 1e9:.2f} B parameters "
           f"(tiny vocabulary), LoRA on {len([l for l in causal_lm.backbone._flatten_layers() if getattr(l, 'lora_enabled', False)])} layers")
     passed = True
