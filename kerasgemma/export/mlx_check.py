@@ -17,10 +17,9 @@ def mlx_greedy(folder, prompt_ids, max_new_tokens, stop_ids):
 
     Example:
     >>> import tempfile
-    >>> from kerasgemma.tiny import build_tiny_causal_lm
-    >>> from kerasgemma.export import export_merged
-    >>> lm = build_tiny_causal_lm("gemma")
-    >>> folder = export_merged(lm, tempfile.mkdtemp() + "/hf")
+    >>> import kerasgemma as kg
+    >>> out = tempfile.mkdtemp() + "/hf"
+    >>> folder = kg.convert("tiny:gemma", out, verify=False, progress=False, log=lambda line: None).folder
     >>> tokens = mlx_greedy(folder, [[2, 10, 11], [2, 12]], 3, stop_ids=set())
     >>> [len(t) for t in tokens]  # no stop id: exactly max_new_tokens each (needs mlx-lm, pinned in requirements.txt)
     [3, 3]
