@@ -16,14 +16,15 @@ def mlx_greedy(folder, prompt_ids, max_new_tokens, stop_ids):
         stop_ids: set of int. Generation stops after one of these.
 
     Example:
-    >>> import tempfile
+    >>> import json, tempfile
     >>> import kerasgemma as kg
     >>> out = tempfile.mkdtemp() + "/hf"
     >>> folder = kg.convert("tiny:gemma", out, verify=False, progress=False, log=lambda line: None).folder
     >>> tokens = mlx_greedy(folder, [[2, 10, 11], [2, 12]], 3, stop_ids=set())
     >>> [len(t) for t in tokens]  # no stop id: exactly max_new_tokens each (needs mlx-lm, pinned in requirements.txt)
     [3, 3]
-    >>> all(0 <= t < lm.backbone.vocabulary_size for t in tokens[0] + tokens[1])
+    >>> vocabulary_size = json.load(open(f"{folder}/config.json"))["vocab_size"]
+    >>> all(0 <= t < vocabulary_size for t in tokens[0] + tokens[1])
     True
     """
     try:
