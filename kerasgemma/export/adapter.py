@@ -138,7 +138,7 @@ def export_adapter(
     >>> lm.backbone.enable_lora(2)
     >>> folder = export_adapter(lm, tempfile.mkdtemp() + "/a", "google/gemma-2b")
     >>> sorted(os.listdir(folder))
-    ['adapter_config.json', 'adapter_model.safetensors']
+    ['.kerasgemma-export', 'adapter_config.json', 'adapter_model.safetensors']
     """
     from safetensors import numpy as safetensors_numpy
 

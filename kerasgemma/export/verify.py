@@ -50,7 +50,7 @@ DEFAULT_ATOL = 1e-3
 
 
 def default_prompts(tokenizer):
-    """`DEFAULT_PROMPTS` with the turn markers of the tokenizer's generation.
+    r"""`DEFAULT_PROMPTS` with the turn markers of the tokenizer's generation.
 
     Example:
     >>> from kerasgemma.tiny import build_tiny_causal_lm
