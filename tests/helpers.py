@@ -140,3 +140,49 @@ class HubStandIn:
     def __exit__(self, *exc):
         self.server.shutdown()
         self.server.server_close()
+
+
+# --- The fused attention path, forced on CPU ---------------------------------
+
+
+def spy_fused_attention(lm, monkeypatch):
+    """Force keras-hub's fused attention op in every block of `lm` and record each call.
+
+    XLA runs the op on CPU too, so the cuDNN/TPU code path (and the arguments
+    `packed_attention` gives it) can be tested here. Returns `(calls, spy)`:
+    the list each call's keyword arguments are appended to, and the spy now
+    standing in for `keras.ops.dot_product_attention`.
+    """
+    import keras
+
+    for block in lm.backbone.transformer_layers:
+        monkeypatch.setattr(block.attention, "_use_fused_attention_op", lambda: True)
+    calls = []
+    dense = keras.ops.dot_product_attention
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return dense(*args, **kwargs)
+
+    monkeypatch.setattr(keras.ops, "dot_product_attention", spy)
+    return calls, spy
+
+
+# --- PEFT adapter check ------------------------------------------------------
+
+
+def export_and_verify_adapter(lm, folder, max_new_tokens):
+    """Export `lm`'s base (unmerged, bfloat16) and PEFT adapter under `folder`, verify, return the adapter config.
+
+    Asserts the verification passed with max |Δlogits| < 1e-4.
+    """
+    from kerasgemma.export import export_merged, verify_export
+    from kerasgemma.export.adapter import export_adapter
+
+    base = export_merged(lm, folder / "base", dtype="bfloat16", merge_lora=False)
+    adapter = export_adapter(lm, folder / "adapter", base_model_name_or_path=base)
+    report = verify_export(lm, adapter, base_dir=base, max_new_tokens=max_new_tokens)
+    print(report.summary())
+    assert report.passed, report.summary()
+    assert report.max_abs_logits_diff < 1e-4
+    return json.loads((Path(adapter) / "adapter_config.json").read_text())

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from helpers import spy_fused_attention
 
 from kerasgemma.data import Batches, pack_rows, tokenize_examples
 from kerasgemma.forward import token_losses
@@ -150,12 +151,7 @@ def test_fused_attention_path_with_causal_hint_matches_examples_alone(architectu
     from kerasgemma.tiny import build_tiny_causal_lm
 
     lm = build_tiny_causal_lm(architecture)
-    for block in lm.backbone.transformer_layers:
-        monkeypatch.setattr(block.attention, "_use_fused_attention_op", lambda: True)
-    calls = []
-    dense = keras.ops.dot_product_attention
-    spy = lambda *args, **kwargs: calls.append(kwargs) or dense(*args, **kwargs)  # noqa: E731
-    monkeypatch.setattr(keras.ops, "dot_product_attention", spy)
+    calls, spy = spy_fused_attention(lm, monkeypatch)
     rng = np.random.default_rng(0)
     first, second = rng.integers(10, 200, 20), rng.integers(10, 200, 12)
     token_ids = np.concatenate([first, second])[None]

@@ -14,11 +14,10 @@ import os
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
-from helpers import ALL_LINEAR, REPO_ROOT, lora_model
+from helpers import ALL_LINEAR, REPO_ROOT, export_and_verify_adapter, lora_model
 
 from kerasgemma.data.chat_format import format_chat
 from kerasgemma.export import export_merged, verify_export
-from kerasgemma.export.adapter import export_adapter
 from kerasgemma.tiny import build_tiny_causal_lm
 
 PLE = ["per_layer_input_gate", "per_layer_up_proj"]
@@ -49,13 +48,7 @@ def test_merged_matches_transformers(lm, tmp_path):
 
 @pytest.mark.slow
 def test_adapter_matches_transformers(lm, tmp_path):
-    base = export_merged(lm, tmp_path / "base", dtype="bfloat16", merge_lora=False)
-    adapter = export_adapter(lm, tmp_path / "adapter", base_model_name_or_path=base)
-    report = verify_export(lm, adapter, base_dir=base, max_new_tokens=4)
-    print(report.summary())
-    assert report.passed, report.summary()
-    assert report.max_abs_logits_diff < 1e-4
-    config = json.load(open(os.path.join(adapter, "adapter_config.json")))
+    config = export_and_verify_adapter(lm, tmp_path, max_new_tokens=4)
     assert {"q_proj", "k_proj", "o_proj", "down_proj"} <= set(config["target_modules"])
 
 

@@ -11,6 +11,7 @@ towers built here.
 
 import numpy as np
 import pytest
+from helpers import spy_fused_attention
 
 from kerasgemma.forward import token_losses
 from kerasgemma.model import enable_lora, load_causal_lm
@@ -87,15 +88,8 @@ def test_packed_example_in_bfloat16_is_computed_as_if_alone(tiny_lm, architectur
 def test_fused_attention_path_with_causal_hint_matches_examples_alone(tiny_lm, monkeypatch):
     """The fused-op path (cuDNN/TPU) with `is_causal=True` beside the segment mask
     (forced on here) still gives each packed example its losses alone."""
-    import keras
-
     lm = tiny_lm("gemma4")
-    for block in lm.backbone.transformer_layers:
-        monkeypatch.setattr(block.attention, "_use_fused_attention_op", lambda: True)
-    calls = []
-    dense = keras.ops.dot_product_attention
-    spy = lambda *args, **kwargs: calls.append(kwargs) or dense(*args, **kwargs)  # noqa: E731
-    monkeypatch.setattr(keras.ops, "dot_product_attention", spy)
+    calls, _ = spy_fused_attention(lm, monkeypatch)
     packed, alone, _ = packed_and_alone(lm, lengths=(12, 10), padding=2)
     assert calls and all(call.get("is_causal") for call in calls if "mask" in call)
     for got, want in zip(packed, alone):
