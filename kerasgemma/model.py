@@ -19,6 +19,7 @@ from keras_hub.src.utils.preset_utils import load_json
 from kerasgemma.errors import UserError
 from kerasgemma.offline import build_offline_preset
 from kerasgemma.tiny import build_tiny_causal_lm
+from kerasgemma.tiny import build_tiny_tokenizer
 
 TINY_PREFIX = "tiny:"
 OFFLINE_PRESET = "offline:gemma3_270m"
@@ -129,7 +130,7 @@ def load_tokenizer(preset, texts=()):
     'Gemma3Tokenizer'
     """
     if preset.startswith(TINY_PREFIX):
-        return build_tiny_causal_lm(preset[len(TINY_PREFIX) :], texts=texts).preprocessor.tokenizer
+        return build_tiny_tokenizer(preset[len(TINY_PREFIX) :], texts=texts)
     if preset == OFFLINE_PRESET:
         preset = build_offline_preset()
     try:

@@ -251,6 +251,25 @@ _CLASSES = {
 }
 
 
+def build_tiny_tokenizer(architecture="gemma3", texts=()):
+    """The keras-hub tokenizer of `build_tiny_causal_lm(architecture, texts)`, without a model.
+
+    Example:
+    >>> type(build_tiny_tokenizer("gemma4")).__name__
+    'Gemma4Tokenizer'
+    """
+    if architecture not in _CLASSES:
+        raise ValueError(
+            f"Unknown architecture {architecture!r}; expected one of {ARCHITECTURES}."
+        )
+    gemma4 = architecture.startswith("gemma4")
+    proto = build_tiny_tokenizer_proto(
+        list(texts) + (_GEMMA4_CORPUS if gemma4 else []),
+        special_pieces=GEMMA4_PIECES if gemma4 else None,
+    )
+    return _CLASSES[architecture][1](proto=proto)
+
+
 def build_tiny_causal_lm(
     architecture="gemma3",
     texts=(),
@@ -274,17 +293,8 @@ def build_tiny_causal_lm(
     >>> lm.backbone.num_layers
     2
     """
-    if architecture not in _CLASSES:
-        raise ValueError(
-            f"Unknown architecture {architecture!r}; expected one of {ARCHITECTURES}."
-        )
-    backbone_cls, tokenizer_cls, preprocessor_cls, lm_cls = _CLASSES[architecture]
-    gemma4 = architecture.startswith("gemma4")
-    proto = build_tiny_tokenizer_proto(
-        list(texts) + (_GEMMA4_CORPUS if gemma4 else []),
-        special_pieces=GEMMA4_PIECES if gemma4 else None,
-    )
-    tokenizer = tokenizer_cls(proto=proto)
+    backbone_cls, _, preprocessor_cls, lm_cls = _CLASSES[architecture]
+    tokenizer = build_tiny_tokenizer(architecture, texts)
     keras.utils.set_random_seed(seed)
     backbone = backbone_cls(
         **tiny_backbone_config(
