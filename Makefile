@@ -10,6 +10,9 @@ STAMP = $(VENV)/.installed
 export KERAS_BACKEND = jax
 # Keep TensorFlow (pulled in by tensorflow-text) quiet and off the GPU.
 export TF_CPP_MIN_LOG_LEVEL = 3
+# pytest-xdist: one test process per core, at most 4 (each compiles and holds
+# its own tiny models; the real-model tests hold ~3 GB each).
+TEST_WORKERS ?= -n auto --maxprocesses=4
 
 .PHONY: demo test test-fast env clean
 
@@ -26,10 +29,10 @@ demo: $(STAMP)
 	$(BIN)/kerasgemma demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(TEST_WORKERS)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q $(TEST_WORKERS) -m "not slow"
 
 clean:
 	rm -rf $(VENV) runs

@@ -1,5 +1,8 @@
 """Training on 8 devices equals training on one: data parallel 8×1, model parallel 1×8 and 2×4.
 
+For every architecture, Gemma 4 dense (per-layer embeddings, KV sharing) and
+MoE (experts split over `model`) included.
+
 JAX fixes its device count when it starts, and the rest of the suite runs on
 one CPU device in this pytest process, so each check runs this file as a
 script in a fresh Python with `XLA_FLAGS=--xla_force_host_platform_device_count=8`
@@ -14,7 +17,7 @@ import sys
 import pytest
 
 MESHES = {"data 8x1": ("data", "8x1"), "model 1x8": ("model", "1x8"), "model 2x4": ("model", "2x4")}
-ARCHITECTURES = ("gemma", "gemma2", "gemma3")
+ARCHITECTURES = ("gemma", "gemma2", "gemma3", "gemma4", "gemma4-moe")
 STEPS = 3
 
 
@@ -64,6 +67,8 @@ def sharding_friendly_lm(architecture):
 
     backbone_cls, _, _, lm_cls = _CLASSES[architecture]
     config = dict(tiny_backbone_config(architecture, 552, num_key_value_heads=8), num_query_heads=8)
+    if config.get("enable_moe_block"):
+        config["num_experts"] = 8  # experts split over `model` (26B-A4B has 128)
     import keras
 
     keras.utils.set_random_seed(0)
