@@ -151,7 +151,7 @@ def pick_split(dataset, split=None):
     """
     if isinstance(dataset, (list, tuple)):
         return dataset, split or "rows"
-    if hasattr(dataset, "keys") and not hasattr(dataset, "column_names"):  # A DatasetDict.
+    if isinstance(dataset, dict):  # A DatasetDict (or IterableDatasetDict): a dict of splits.
         names = list(dataset.keys())
         if split is None:
             if "train" in names or len(names) == 1:
