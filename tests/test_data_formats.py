@@ -367,3 +367,18 @@ def test_a_run_that_read_python_data_asks_for_it_again():
         load_source_examples("python:train")
     assert TrainConfig(data="python:train").problems() == []
     assert TrainConfig(data="hub:owner/name:config@split").problems() == []
+
+
+def test_csv_files_in_any_column_order(tmp_path):
+    path = tmp_path / "mine.csv"
+    path.write_text(f'id,output,instruction,input\n1,{A},{U},\n2,"多行\n答案",翻译,hello\n3,,{U},\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"mine.csv:5: 'output' is empty"):
+        load_examples(path)
+    examples, report = load_examples(path, on_error="skip")
+    assert report.formats == {str(path): "alpaca"} and report.skipped == {"no_usable_answer": 1}
+    assert conversations(examples) == [[USER, ASSISTANT], [{"role": "user", "content": "翻译\nhello"},
+                                                            {"role": "assistant", "content": "多行\n答案"}]]
+    assert [e["source"] for e in examples] == [f"{path}:2", f"{path}:3"]
+    (tmp_path / "qa.csv").write_text("q,a\n问,答\n", encoding="utf-8")
+    with pytest.raises(UserError, match="missing column instruction, output for the alpaca form"):
+        load_examples(tmp_path / "qa.csv", format="alpaca")

@@ -52,7 +52,7 @@ def add_parser(subparsers):
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("path", nargs="?", help="A .jsonl/.json/.parquet file, a folder, \"hub\", "
+    parser.add_argument("path", nargs="?", help="A .jsonl/.json/.csv/.parquet file, a folder, \"hub\", "
                         "hf://OWNER/NAME or hub:OWNER/NAME[:CONFIG][@SPLIT] (default: the config's `data`).")
     add_config_arguments(parser, base=DATA_BASE_CONFIG, fields=DATA_FIELDS)
     parser.add_argument("--json", action="store_true", help="End the output with one JSON line of counts.")

@@ -15,7 +15,7 @@ from kerasgemma.data.readers import (
     UNSUPPORTED_FILE,
     Row,
     list_data_files,
-    parquet_columns,
+    table_columns,
     read_rows,
     unsupported_files,
 )
@@ -95,13 +95,13 @@ def load_examples(
     if ignored and on_error == "raise":
         raise UserError(
             f"{os.fspath(path)}: unsupported file(s) {', '.join(map(os.path.basename, ignored[:5]))}"
-            f"{' …' if len(ignored) > 5 else ''} beside the data; convert them to .jsonl/.json/.parquet, "
+            f"{' …' if len(ignored) > 5 else ''} beside the data; convert them to .jsonl/.json/.csv/.parquet, "
             "move them out, or pass --on-error skip to leave them out."
         )
     if ignored:
         report.skipped[UNSUPPORTED_FILE] = len(ignored)
     tables = [
-        (filename, read_rows(filename), parquet_columns(filename) if filename.endswith(".parquet") else None)
+        (filename, read_rows(filename), table_columns(filename))
         for filename in report.files
     ]
     options = dict(answers=answers, include_chatgpt=include_chatgpt, on_error=on_error, progress=progress,
