@@ -23,6 +23,10 @@ import yaml
 from kerasgemma.atomic import write_json_atomic
 from kerasgemma.data.batching import MODES
 from kerasgemma.data.chat_format import TEMPLATES
+from kerasgemma.data.formats import FORMAT_CHOICES
+from kerasgemma.data.formats import parse_columns
+from kerasgemma.data.loading import DATASETS_PREFIX
+from kerasgemma.data.loading import PYTHON_PREFIX
 from kerasgemma.data.loading import HC3_SOURCE
 from kerasgemma.data.loading import HC3_SUBSETS
 from kerasgemma.data.loading import HUB_PREFIX
@@ -62,7 +66,17 @@ class TrainConfig:
             are loaded but get empty inputs, no LoRA and no gradient.
         dtype: base-weight dtype, "auto" = bfloat16 on accelerators, float32
             on CPU. LoRA weights are always float32.
-        data: a local file/folder, or "hub" for Hello-SimpleAI/HC3-Chinese.
+        data: a local file/folder, "hub" for Hello-SimpleAI/HC3-Chinese, or
+            "hub:OWNER/NAME[:CONFIG][@SPLIT]" for any parquet/json Hub
+            dataset (read through `datasets`). A `datasets.Dataset` goes to
+            `prepare_data(config, data=...)` / `train(config, data=...)`.
+        format: row form: "auto" (detected per file), "alpaca", "sharegpt",
+            "prompt_completion", "messages" or "hc3".
+        columns: rename your columns to the form's fields, as
+            "NAME=COLUMN,..." (e.g. "instruction=query,output=response";
+            "question=prompt,answer=response" for a plain question/answer).
+        split: split of a `datasets.DatasetDict` or "hub:" dataset (None =
+            "train", or the only split).
         subset: HC3 subset, e.g. "baike".
         answers: "first" answer per question or "all" answers.
         include_chatgpt: also train on ChatGPT answers.
@@ -112,6 +126,9 @@ class TrainConfig:
     preset: str = "gemma_2b_en"
     dtype: str = "auto"
     data: str = "hub"
+    format: str = "auto"
+    columns: str | None = None
+    split: str | None = None
     subset: str = "baike"
     answers: str = "first"
     include_chatgpt: bool = False
@@ -203,7 +220,7 @@ class TrainConfig:
         """
         found = []
         enums = {
-            "dtype": DTYPES, "subset": HC3_SUBSETS, "answers": ANSWER_CHOICES, "on_error": ON_ERROR_CHOICES,
+            "dtype": DTYPES, "format": FORMAT_CHOICES, "subset": HC3_SUBSETS, "answers": ANSWER_CHOICES, "on_error": ON_ERROR_CHOICES,
             "template": TEMPLATES, "loss": LOSS_CHOICES, "overflow": OVERFLOW_CHOICES, "batching": MODES,
             "schedule": SCHEDULES, "distribution": KINDS,
         }
@@ -226,7 +243,12 @@ class TrainConfig:
             found.append(f"validation_fraction must be below 1, got {self.validation_fraction!r}")
         found += _call_problem("lora_targets", self.lora_targets, "kerasgemma.model", "resolve_lora_targets")
         found += _call_problem("mesh", self.mesh, "kerasgemma.distribution.strategy", "parse_mesh")
-        if self.data != HC3_SOURCE and not self.data.startswith(HUB_PREFIX) and not os.path.exists(self.data):
+        try:
+            parse_columns(self.columns)
+        except UserError as error:
+            found.append(str(error))
+        remote = self.data == HC3_SOURCE or self.data.startswith((HUB_PREFIX, DATASETS_PREFIX, PYTHON_PREFIX))
+        if not remote and not os.path.exists(self.data):
             found.append(f"data: no such file or folder {self.data!r}")
         return found
 

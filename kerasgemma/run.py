@@ -20,6 +20,8 @@ from kerasgemma import files
 from kerasgemma.atomic import replacing
 from kerasgemma.atomic import write_json_atomic
 from kerasgemma.config import TrainConfig
+from kerasgemma.data.loading import PYTHON_PREFIX
+from kerasgemma.data.loading import pick_split
 from kerasgemma.data.pipeline import load_data
 from kerasgemma.data.pipeline import prepare_data
 from kerasgemma.errors import MissingFileError
@@ -278,32 +280,48 @@ def _start_in(config, run_dir, created, progress, examples=None):
         raise
 
 
-def start_run(config, run_dir=None, progress=True, examples=None):
+def start_run(config, run_dir=None, progress=True, examples=None, data=None):
     """Create the run folder, save the config, load data and model; returns a `Run` to `fit()`.
 
     The settings and the output folder are checked before anything is
     created or loaded, so a typo costs a second, not a model download, and
     leaves no run folder behind. `examples`: the `SplitExamples` of an
-    earlier `prepare_data(config)`, so they are not read again.
+    earlier `prepare_data(config)`, so they are not read again. `data`: a
+    `datasets.Dataset`/`DatasetDict` (or list of row dicts) to train on
+    instead of `config.data`; the saved config then says
+    `"python:SPLIT"`, and `load_run`/`resume` need the same `data` again.
     """
+    config, examples = _with_python_data(config, data, examples, progress)
     config.validate()
     run_dir, created = _new_run_folder(config, run_dir)
     return _start_in(config, run_dir, created, progress, examples)
 
 
-def train(config, run_dir=None, progress=True):
+def train(config, run_dir=None, progress=True, data=None):
     """Start a run, train it and save its LoRA weights; returns the finished `Run`.
 
-    Like `start_run`, and the run folder is locked while it trains, so a
-    second `train`, `resume` or `export` of it refuses instead of racing.
+    Like `start_run` (`data`: a `datasets.Dataset` or `DatasetDict` to train
+    on instead of `config.data`), and the run folder is locked while it
+    trains, so a second `train`, `resume` or `export` of it refuses instead
+    of racing.
     """
+    config, examples = _with_python_data(config, data, None, progress)
     config.validate()
     run_dir, created = _new_run_folder(config, run_dir)
     with run_lock(run_dir, "train"):
-        run = _start_in(config, run_dir, created, progress)
+        run = _start_in(config, run_dir, created, progress, examples)
         run.fit()
         run.save_lora()
     return run
+
+
+def _with_python_data(config, data, examples, progress):
+    """`(config, examples)`: with `data` held in Python, config.data names it and its examples are loaded."""
+    if data is None:
+        return config, examples
+    _, name = pick_split(data, config.split)
+    config = dataclasses.replace(config, data=PYTHON_PREFIX + name)
+    return config, examples or load_data(config, progress=progress, data=data)
 
 
 def _saved_config(run_dir):
@@ -314,7 +332,7 @@ def _saved_config(run_dir):
     return TrainConfig.from_file(config_path).validate(str(config_path))
 
 
-def load_run(run_dir, progress=True):
+def load_run(run_dir, progress=True, data=None):
     """A finished (or interrupted) run, back in memory at its newest good checkpoint.
 
     Rebuilds data and model from the saved config and loads the newest
@@ -322,13 +340,21 @@ def load_run(run_dir, progress=True):
     answering questions or exporting later in a new session.
     """
     run_dir = Path(run_dir)
-    run = _build_run(_saved_config(run_dir), run_dir, progress)
+    config = _saved_config(run_dir)
+    run = _build_run(config, run_dir, progress, _python_examples(config, data, progress))
     latest = checkpoint.latest_good_checkpoint(run_dir)
     if latest is None:
         raise UserError(f"{run_dir} has no usable checkpoint: nothing to load (train or resume it first).")
     run.trainer.restore(latest, keep_later_metrics=True)
     run.summary = training_summary(run_dir)
     return run
+
+
+def _python_examples(config, data, progress):
+    """The examples of `data` for a run trained on data held in Python (None otherwise)."""
+    if data is None:
+        return None
+    return load_data(config, progress=progress, data=data)
 
 
 def check_resumable(config, latest, log=print):
@@ -350,7 +376,7 @@ def check_resumable(config, latest, log=print):
         log(f"resuming with changed settings: {', '.join(allowed)}")
 
 
-def resume(run_dir, progress=True):
+def resume(run_dir, progress=True, data=None):
     """Continue a run from its newest good checkpoint (or from the start).
 
     The config is the one saved in the run folder, so the data, model and
@@ -367,7 +393,7 @@ def resume(run_dir, progress=True):
             check_resumable(config, latest)
         elif checkpoint.list_checkpoints(run_dir):
             print(f"warning: no usable checkpoint in {run_dir / files.CHECKPOINTS_DIR}; starting again from step 0")
-        run = _build_run(config, run_dir, progress)
+        run = _build_run(config, run_dir, progress, _python_examples(config, data, progress))
         if latest is not None:
             run.trainer.restore(latest)
             print(f"resuming from {latest.name}")

@@ -7,6 +7,7 @@ import pytest
 from kerasgemma.data import DataError, load_examples
 
 GOOD = {"question": "问题", "human_answers": ["答案"], "chatgpt_answers": []}
+GOOD_CHAT = {"messages": [{"role": "user", "content": "问题"}, {"role": "assistant", "content": "答案"}]}
 
 # (line as written, problem kind)
 BAD_LINES = [
@@ -30,6 +31,11 @@ BAD_LINES = [
 ]
 
 
+def good_row_for(line):
+    """A good row of the same form as `line` (a file holds one row form)."""
+    return GOOD_CHAT if line.startswith('{"messages"') else GOOD
+
+
 def write_lines(path, lines):
     path.write_bytes(b"".join((line if isinstance(line, bytes) else line.encode()) + b"\n" for line in lines))
     return path
@@ -37,7 +43,7 @@ def write_lines(path, lines):
 
 @pytest.mark.parametrize("line, kind", BAD_LINES)
 def test_bad_row_raises_with_file_line_and_kind(tmp_path, line, kind):
-    path = write_lines(tmp_path / "data.jsonl", [json.dumps(GOOD), "", line])
+    path = write_lines(tmp_path / "data.jsonl", [json.dumps(good_row_for(line)), "", line])
     with pytest.raises(DataError) as info:
         load_examples(path)
     assert info.value.kind == kind
@@ -53,19 +59,32 @@ def test_invalid_utf8_names_the_line(tmp_path):
 
 
 def test_skip_counts_every_kind(tmp_path):
-    lines = [json.dumps(GOOD, ensure_ascii=False), "   "]
-    lines += [line for line, _ in BAD_LINES]
-    lines += [b"\xc3\x28", json.dumps(dict(GOOD, question="另一个问题"), ensure_ascii=False)]
-    path = write_lines(tmp_path / "data.jsonl", lines)
-    examples, report = load_examples(path, on_error="skip")
+    hc3 = [json.dumps(GOOD, ensure_ascii=False), "   "]
+    hc3 += [line for line, _ in BAD_LINES if good_row_for(line) is GOOD]
+    hc3 += [b"\xc3\x28", json.dumps(dict(GOOD, question="另一个问题"), ensure_ascii=False)]
+    chat = [line for line, _ in BAD_LINES if good_row_for(line) is GOOD_CHAT] + [json.dumps(GOOD_CHAT)]
+    write_lines(tmp_path / "data.jsonl", hc3)
+    write_lines(tmp_path / "data_chat.jsonl", chat)
+    examples, report = load_examples(tmp_path, on_error="skip")
     expected = {}
     for _, kind in BAD_LINES:
         expected[kind] = expected.get(kind, 0) + 1
     expected["invalid_utf8"] = 1
     assert report.skipped == expected
-    assert report.rows_read == len(lines) - 1  # The blank line is not a row.
-    assert report.examples == len(examples) == 2
+    assert report.rows_read == len(hc3) - 1 + len(chat)  # The blank line is not a row.
+    assert report.examples == len(examples) == 2  # The chat row repeats the first HC3 question.
+    assert report.duplicates_removed == 1
     assert report.to_dict()["skipped_total"] == len(BAD_LINES) + 1
+    assert report.formats == {str(tmp_path / "data.jsonl"): "hc3", str(tmp_path / "data_chat.jsonl"): "messages"}
+
+
+def test_a_row_of_another_form_names_its_line(tmp_path):
+    path = write_lines(tmp_path / "data.jsonl", [json.dumps(GOOD), json.dumps(GOOD_CHAT)])
+    with pytest.raises(DataError, match=r"data.jsonl:2: this row is messages but the file is hc3 "
+                                         r"\(from .*data.jsonl:1\)") as info:
+        load_examples(path)
+    assert info.value.kind == "mixed_formats"
+    assert load_examples(path, on_error="skip")[1].skipped == {"mixed_formats": 1}
 
 
 def test_whitespace_only_answers_are_not_answers(tmp_path):

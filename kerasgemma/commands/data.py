@@ -1,6 +1,9 @@
 """`kerasgemma data`: load, validate, format and tokenize a dataset, and print its summary.
 
     kerasgemma data baike.jsonl
+    kerasgemma data alpaca_zh.json                     # Alpaca, ShareGPT, prompt/completion, messages, HC3
+    kerasgemma data qa.jsonl --columns question=prompt,answer=response
+    kerasgemma data hub:shibing624/alpaca-zh@train     # any parquet/json Hub dataset, through `datasets`
     kerasgemma data hc3_folder/ --subset law --on-error skip --json
     kerasgemma data hf://Hello-SimpleAI/HC3-Chinese --preset gemma3_instruct_1b
     kerasgemma data --config run.yaml                  # exactly what `train` would read
@@ -13,6 +16,7 @@ line of output is one JSON object with every count.
 import argparse
 import dataclasses
 import json
+import os
 import sys
 
 import kerasgemma as kg
@@ -22,7 +26,7 @@ from kerasgemma.commands.config_flags import config_from_args
 
 # The settings that decide what the data stage produces.
 DATA_FIELDS = (
-    "preset", "subset", "answers", "include_chatgpt", "on_error", "template", "loss", "overflow",
+    "preset", "format", "columns", "split", "subset", "answers", "include_chatgpt", "on_error", "template", "loss", "overflow",
     "batching", "sequence_length", "batch_size", "validation_fraction", "seed",
 )
 # Without --preset the counts come from a small Gemma-like test tokenizer:
@@ -48,8 +52,8 @@ def add_parser(subparsers):
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("path", nargs="?", help="A .jsonl/.json/.parquet file, a folder, \"hub\" or "
-                        "hf://OWNER/NAME (default: the config's `data`).")
+    parser.add_argument("path", nargs="?", help="A .jsonl/.json/.csv/.parquet file, a folder, \"hub\", "
+                        "hf://OWNER/NAME or hub:OWNER/NAME[:CONFIG][@SPLIT] (default: the config's `data`).")
     add_config_arguments(parser, base=DATA_BASE_CONFIG, fields=DATA_FIELDS)
     parser.add_argument("--json", action="store_true", help="End the output with one JSON line of counts.")
     parser.set_defaults(run=run)
@@ -62,16 +66,17 @@ def run(args):
     if args.path:
         config = dataclasses.replace(config, data=args.path)
     summary = kg.prepare_data(config, progress=sys.stderr.isatty()).summary()
-    print(format_summary(summary))
+    print(format_summary(summary, detected=config.format == "auto"))
     if args.json:
         print(json.dumps(summary, ensure_ascii=False, sort_keys=True))
     return 0
 
 
-def format_summary(summary):
-    """Human-readable lines of a `PreparedData.summary()`."""
+def format_summary(summary, detected=True):
+    """Human-readable lines of a `PreparedData.summary()` (`detected`: the form was not set with --format)."""
     skipped = ", ".join(f"{kind} {count}" for kind, count in summary["skipped"].items())
     return "\n".join([
+        f"format: {describe_formats(summary['formats'])} ({'detected' if detected else 'set by --format'})",
         f"files: {len(summary['files'])}  rows read: {summary['rows_read']}",
         f"skipped: {summary['skipped_total']} ({skipped or 'none'})  "
         f"duplicates removed: {summary['duplicates_removed']}",
@@ -84,3 +89,18 @@ def format_summary(summary):
         f"{summary['batch_shapes']}  non-padding {summary['non_padding_fraction']:.1%} "
         f"(padding every example: {summary['non_padding_fraction_if_padded']:.1%})",
     ])
+
+
+def describe_formats(formats):
+    """The row form(s) of a `LoadReport.formats`, in one phrase.
+
+    Example:
+    >>> describe_formats({"a.jsonl": "alpaca", "b.jsonl": "alpaca"})
+    'alpaca'
+    >>> describe_formats({"a.jsonl": "alpaca", "dir/b.parquet": "hc3"})
+    'alpaca (a.jsonl), hc3 (b.parquet)'
+    """
+    forms = sorted(set(formats.values()))
+    if len(forms) <= 1:
+        return forms[0] if forms else "none"
+    return ", ".join(f"{form} ({os.path.basename(name)})" for name, form in formats.items())

@@ -21,8 +21,13 @@ from kerasgemma.data.chat_format import (
     generation_prompt,
 )
 from kerasgemma.data.chat_template import CHAT_TEMPLATES, GEMMA4_CHAT_TEMPLATE, GEMMA_CHAT_TEMPLATE
+from kerasgemma.data.formats import FORMAT_CHOICES, FORMS, form_of, parse_columns, to_conversations, with_forms
 from kerasgemma.data.loading import (
+    DATASETS_PREFIX,
     HUB_PREFIX,
+    load_dataset_examples,
+    load_hub_dataset,
+    parse_hub_spec,
     load_source_examples,
     HC3_REPO_ID,
     HC3_SUBSETS,

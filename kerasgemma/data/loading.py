@@ -1,4 +1,4 @@
-"""Load HC3-style or chat-style rows from a file, a folder or the Hub into examples.
+"""Load rows of any supported form from a file, a folder, a `datasets` object or the Hub into examples.
 
 An example is a plain dict:
 `{"messages": [{"role": "user", "content": ...}, {"role": "assistant", "content": ...}],
@@ -9,14 +9,28 @@ read, examples kept, rows skipped by reason and duplicates removed.
 import os
 
 from kerasgemma.errors import UserError
-from kerasgemma.data.readers import EMPTY_FILE, UNSUPPORTED_FILE, list_data_files, read_rows, unsupported_files
+from kerasgemma.data.formats import AUTO, parse_columns, to_conversations, with_forms
+from kerasgemma.data.readers import (
+    EMPTY_FILE,
+    UNSUPPORTED_FILE,
+    Row,
+    list_data_files,
+    table_columns,
+    read_rows,
+    unsupported_files,
+)
 from kerasgemma.data.report import LoadReport
-from kerasgemma.data.rows import RowError, row_to_conversations
+from kerasgemma.data.rows import RowError
 
 HC3_REPO_ID = "Hello-SimpleAI/HC3-Chinese"
-# `data` values that mean the Hub: "hub" (HC3-Chinese itself) or "hf://OWNER/NAME".
+# `data` values that mean the Hub: "hub" (HC3-Chinese itself), "hf://OWNER/NAME"
+# (laid out like HC3-Chinese) or "hub:OWNER/NAME[:CONFIG][@SPLIT]" (any
+# parquet/json dataset repo, read through `datasets.load_dataset`).
 HC3_SOURCE = "hub"
 HUB_PREFIX = "hf://"
+DATASETS_PREFIX = "hub:"
+# The `data` a run saves when it read a `datasets.Dataset` held in Python ("python:SPLIT").
+PYTHON_PREFIX = "python:"
 HC3_SUBSETS = ("baike", "finance", "law", "medicine", "nlpcc_dbqa", "open_qa", "psychology", "all")
 ON_ERROR_CHOICES = ("raise", "skip")
 
@@ -37,6 +51,8 @@ def load_examples(
     include_chatgpt=False,
     on_error="raise",
     progress=False,
+    format=AUTO,
+    columns=None,
 ):
     """Read, validate and deduplicate the examples of a file or folder.
 
@@ -49,9 +65,14 @@ def load_examples(
         on_error: str. "raise" stops at the first bad row with a `DataError`
             naming file, line and problem; "skip" skips it and counts it.
         progress: bool. Show a tqdm progress bar over rows.
+        format: str. "auto" (detect each file's row form) or one of
+            `kerasgemma.data.formats.FORMS`.
+        columns: str, dict or None. "NAME=COLUMN,..." renaming a file's
+            columns to the names a form uses (`formats.parse_columns`).
 
     Returns:
-        `(examples, report)`: a list of example dicts and a `LoadReport`.
+        `(examples, report)`: a list of example dicts and a `LoadReport`
+        (`report.formats` names each file's row form).
 
     Example:
     >>> import pathlib, tempfile
@@ -66,8 +87,7 @@ def load_examples(
     >>> report.rows_read, report.examples, report.duplicates_removed, report.skipped
     (3, 1, 1, {'wrong_type': 1})
     """
-    if on_error not in ON_ERROR_CHOICES:
-        raise UserError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}.")
+    _check_on_error(on_error)
     if subset not in HC3_SUBSETS:
         raise UserError(f"subset must be one of {HC3_SUBSETS}, got {subset!r}.")
     report = LoadReport(files=list_data_files(path, subset=subset))
@@ -75,19 +95,104 @@ def load_examples(
     if ignored and on_error == "raise":
         raise UserError(
             f"{os.fspath(path)}: unsupported file(s) {', '.join(map(os.path.basename, ignored[:5]))}"
-            f"{' …' if len(ignored) > 5 else ''} beside the data; convert them to .jsonl/.json/.parquet, "
+            f"{' …' if len(ignored) > 5 else ''} beside the data; convert them to .jsonl/.json/.csv/.parquet, "
             "move them out, or pass --on-error skip to leave them out."
         )
     if ignored:
         report.skipped[UNSUPPORTED_FILE] = len(ignored)
+    tables = [
+        (filename, read_rows(filename), table_columns(filename))
+        for filename in report.files
+    ]
+    options = dict(answers=answers, include_chatgpt=include_chatgpt, on_error=on_error, progress=progress,
+                   format=format, columns=columns)
+    return _load(os.fspath(path), tables, report, **options)
+
+
+def load_dataset_examples(dataset, split=None, **kwargs):
+    """Examples of a `datasets.Dataset` or `DatasetDict` (or a list of row dicts), as a user holds it.
+
+    Rows are named `split[index]` in errors and in each example's `source`.
+
+    Args:
+        dataset: a `datasets.Dataset`, `IterableDataset`, `DatasetDict`
+            (`split` picks one) or a list of dicts.
+        split: str or None. The split of a `DatasetDict`; None takes
+            "train", or the only split. Also the name rows are given.
+        **kwargs: answers, include_chatgpt, on_error, progress, format,
+            columns, as for `load_examples`.
+
+    Returns:
+        `(examples, report)` as `load_examples`.
+
+    Example:
+    >>> rows = [{"instruction": "问候", "output": "你好！"}, {"instruction": "", "output": "x"}]
+    >>> examples, report = load_dataset_examples(rows, on_error="skip")
+    >>> examples[0]["source"], report.formats, report.skipped
+    ('rows[0]', {'rows': 'alpaca'}, {'empty_question': 1})
+    """
+    _check_on_error(kwargs.get("on_error", "raise"))
+    dataset, name = pick_split(dataset, split)
+    columns = getattr(dataset, "column_names", None)
+    rows = (Row(f"{name}[{index}]", value=value) for index, value in enumerate(dataset))
+    return _load(name, [(name, rows, columns)], LoadReport(files=[name]), **kwargs)
+
+
+def pick_split(dataset, split=None):
+    """`(dataset, split name)`: the split `split` of a `DatasetDict`, or `dataset` itself.
+
+    Example:
+    >>> pick_split({"train": [1], "test": [2]}, "test")
+    ([2], 'test')
+    >>> pick_split({"dev": [1], "test": [2]})
+    Traceback (most recent call last):
+    ...
+    kerasgemma.errors.UserError: the dataset has splits dev, test and no 'train'; pick one with split=NAME (--split NAME).
+    """
+    if isinstance(dataset, (list, tuple)):
+        return dataset, split or "rows"
+    if isinstance(dataset, dict):  # A DatasetDict (or IterableDatasetDict): a dict of splits.
+        names = list(dataset.keys())
+        if split is None:
+            if "train" in names or len(names) == 1:
+                split = "train" if "train" in names else names[0]
+            else:
+                raise UserError(
+                    f"the dataset has splits {', '.join(names)} and no 'train'; pick one with split=NAME (--split NAME)."
+                )
+        if split not in names:
+            raise UserError(f"the dataset has no split {split!r}; its splits: {', '.join(names)}.")
+        return dataset[split], split
+    name = split or str(getattr(dataset, "split", None) or "train")
+    return dataset, name
+
+
+def _check_on_error(on_error):
+    if on_error not in ON_ERROR_CHOICES:
+        raise UserError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}.")
+
+
+def _load(name, tables, report, answers="first", include_chatgpt=False, on_error="raise", progress=False,
+          format=AUTO, columns=None):
+    """Examples of `tables` (`(name, rows, column names or None)` each), counted in `report`."""
+    _check_on_error(on_error)
+    mapping = parse_columns(columns)
+
+    def rows():
+        for table, table_rows, table_columns in tables:
+            form, _, marked = with_forms(table_rows, table, format, mapping, table_columns)
+            if form is not None:
+                report.formats[table] = form
+            yield from ((row, form) for row in marked)
+
     examples, seen = [], set()
-    for row in _rows(report.files, progress):
+    for row, form in _progress(rows(), progress):
         # An empty file is reported (and skipped) like a bad row, but it is no row.
         report.rows_read += not (row.problem and row.problem[0] == EMPTY_FILE)
         try:
             if row.problem:
                 raise RowError(*row.problem)
-            conversations = row_to_conversations(row.value, answers, include_chatgpt)
+            conversations = to_conversations(row.value, form or "hc3", answers, include_chatgpt)
         except RowError as error:
             if on_error == "raise":
                 raise DataError(row.source, error.kind, str(error)) from None
@@ -102,7 +207,7 @@ def load_examples(
             examples.append({"messages": messages, "source": row.source})
     report.examples = len(examples)
     if not examples:
-        raise UserError(f"{os.fspath(path)}: no usable examples ({report.to_dict()}).")
+        raise UserError(f"{name}: no usable examples ({report.to_dict()}).")
     return examples, report
 
 
@@ -127,14 +232,66 @@ def load_hub_examples(repo_id=HC3_REPO_ID, subset="baike", revision=None, **kwar
     return load_examples(path, subset=subset, **kwargs)
 
 
-def load_source_examples(source, **kwargs):
+def parse_hub_spec(spec):
+    """`(path, config, split)` of `"hub:OWNER/NAME[:CONFIG][@SPLIT]"` (missing parts None).
+
+    The path may also be a local dataset repository folder.
+
+    Example:
+    >>> parse_hub_spec("hub:shibing624/alpaca-zh")
+    ('shibing624/alpaca-zh', None, None)
+    >>> parse_hub_spec("hub:BelleGroup/train_0.5M_CN:default@train")
+    ('BelleGroup/train_0.5M_CN', 'default', 'train')
+    """
+    rest = str(spec)[len(DATASETS_PREFIX):] if str(spec).startswith(DATASETS_PREFIX) else str(spec)
+    rest, at, split = rest.rpartition("@") if "@" in rest else (rest, "", "")
+    path, _, config = rest.partition(":")
+    if not path or (at and not split):
+        raise UserError(f"{spec}: expected hub:OWNER/NAME[:CONFIG][@SPLIT], e.g. hub:shibing624/alpaca-zh@train.")
+    return path, config or None, split or None
+
+
+def load_hub_dataset(spec, split=None, revision=None):
+    """`(dataset, split name)` of a `hub:` spec, read with `datasets.load_dataset` and cached where it caches.
+
+    Parquet, JSON and CSV repositories load; a repository with only a loading
+    script is explained (current `datasets` no longer runs scripts).
+    `split` is used when the spec names none.
+    """
+    import datasets
+
+    path, config, spec_split = parse_hub_spec(spec)
+    split = spec_split or split
+    try:
+        loaded = datasets.load_dataset(path, config, split=split, revision=revision)
+    except Exception as error:  # datasets raises many types; all are the user's to fix.
+        message = " ".join(str(error).split())
+        if "scripts are no longer supported" in message:
+            raise UserError(
+                f"{spec}: this dataset repository has only a loading script, which datasets "
+                f"{datasets.__version__} no longer runs. Download its raw data files (parquet/json/jsonl) "
+                "and pass the file or folder as data"
+                f"{'; for HC3-Chinese use data=hub, which reads its raw per-subset files' if 'HC3' in path else ''}."
+            ) from error
+        if isinstance(error, (ImportError, MemoryError)):
+            raise
+        raise UserError(f"{spec}: datasets.load_dataset could not read it: {message}") from error
+    return pick_split(loaded, split)
+
+
+def load_source_examples(source, split=None, **kwargs):
     """Examples of a data source as `TrainConfig.data` names it.
 
     Args:
-        source: str or path. "hub" (HC3-Chinese on the Hub), "hf://OWNER/NAME"
-            (a Hub dataset laid out like HC3-Chinese), or a local file/folder.
+        source: str, path or dataset. "hub" (HC3-Chinese on the Hub),
+            "hf://OWNER/NAME" (a Hub dataset laid out like HC3-Chinese),
+            "hub:OWNER/NAME[:CONFIG][@SPLIT]" (any parquet/json dataset
+            repository, through `datasets`), a local file/folder, or a
+            `datasets.Dataset`/`DatasetDict`/list of row dicts.
+        split: str or None. The split of a `DatasetDict` or `hub:` dataset
+            (None: "train" or the only split).
         **kwargs: passed to `load_examples` (subset, answers, include_chatgpt,
-            on_error, progress).
+            on_error, progress, format, columns).
 
     Returns:
         `(examples, report)` as `load_examples`.
@@ -147,16 +304,27 @@ def load_source_examples(source, **kwargs):
     >>> examples[0]["messages"][1]["content"], report.examples
     ('答', 1)
     """
+    if not isinstance(source, (str, os.PathLike)):
+        kwargs.pop("subset", None)
+        return load_dataset_examples(source, split=split, **kwargs)
     source = str(source)
     if source == HC3_SOURCE:
         return load_hub_examples(HC3_REPO_ID, **kwargs)
     if source.startswith(HUB_PREFIX):
         return load_hub_examples(source[len(HUB_PREFIX) :], **kwargs)
+    if source.startswith(PYTHON_PREFIX):
+        raise UserError(
+            f"data {source!r} was a datasets.Dataset held in Python; pass it again, e.g. "
+            "kg.load_run(run_dir, data=dataset) or kg.resume(run_dir, data=dataset)."
+        )
+    if source.startswith(DATASETS_PREFIX):
+        kwargs.pop("subset", None)
+        dataset, name = load_hub_dataset(source, split)
+        return load_dataset_examples(dataset, split=name, **kwargs)
     return load_examples(source, **kwargs)
 
 
-def _rows(files, progress):
-    rows = (row for filename in files for row in read_rows(filename))
+def _progress(rows, progress):
     if not progress:
         return rows
     from tqdm.auto import tqdm

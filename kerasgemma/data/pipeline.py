@@ -75,19 +75,25 @@ class PreparedData:
         return summary
 
 
-def load_data(config, progress=False):
-    """Load, validate and split the examples `config.data` names.
+def load_data(config, progress=False, data=None):
+    """Load, validate and split the examples `config.data` (or `data`) names.
 
     Args:
-        config: `TrainConfig`. Reads data, subset, answers,
-            include_chatgpt, on_error, validation_fraction, seed.
+        config: `TrainConfig`. Reads data, format, columns, split, subset,
+            answers, include_chatgpt, on_error, validation_fraction, seed.
         progress: bool. Show a progress bar while reading rows.
+        data: None (read `config.data`), or a `datasets.Dataset`,
+            `DatasetDict` (`config.split` picks the split) or list of row
+            dicts held in Python; rows are then named `split[index]`.
 
     Returns:
         `SplitExamples`.
     """
     examples, load_report = load_source_examples(
-        config.data,
+        config.data if data is None else data,
+        split=config.split,
+        format=config.format,
+        columns=config.columns,
         subset=config.subset,
         answers=config.answers,
         include_chatgpt=config.include_chatgpt,
@@ -98,7 +104,7 @@ def load_data(config, progress=False):
     return SplitExamples(train, validation, load_report)
 
 
-def prepare_data(config, tokenizer=None, examples=None, progress=False):
+def prepare_data(config, tokenizer=None, examples=None, progress=False, data=None):
     """Load (unless given), tokenize and batch the data of `config`.
 
     Args:
@@ -108,6 +114,8 @@ def prepare_data(config, tokenizer=None, examples=None, progress=False):
             None for the tokenizer of `config.preset`.
         examples: `SplitExamples` already loaded, or None to load them.
         progress: bool. Show a progress bar while reading rows.
+        data: a `datasets.Dataset`/`DatasetDict` (or list of row dicts) to
+            read instead of `config.data` (see `load_data`).
 
     Returns:
         A `PreparedData`.
@@ -124,7 +132,7 @@ def prepare_data(config, tokenizer=None, examples=None, progress=False):
     >>> summary["train_examples"], summary["validation_examples"], summary["batching"]
     (19, 1, 'pack')
     """
-    examples = examples or load_data(config, progress=progress)
+    examples = examples or load_data(config, progress=progress, data=data)
     tokenizer = tokenizer or load_tokenizer(config.preset, texts=examples.texts())
     # n token ids give n - 1 (input, target) positions: sequence_length + 1 fill a row.
     token_options = dict(
@@ -142,7 +150,7 @@ def prepare_data(config, tokenizer=None, examples=None, progress=False):
     train_tokens, token_report = tokenize_examples(examples.train, tokenizer, **token_options)
     if not train_tokens:
         raise UserError(
-            f"{config.data}: no training example fits sequence_length={config.sequence_length} "
+            f"{config.data if data is None else 'data'}: no training example fits sequence_length={config.sequence_length} "
             f"({token_report.to_dict()}); raise sequence_length or use overflow='truncate'."
         )
     prepared = PreparedData(examples, Batches(train_tokens, **batch_options), None, token_report)

@@ -1,4 +1,4 @@
-"""Read rows from `.jsonl`, `.json` and `.parquet` files, keeping where each came from.
+"""Read rows from `.jsonl`, `.json`, `.csv` and `.parquet` files, keeping where each came from.
 
 Every row comes back as a `Row`: the decoded value and a `source` such as
 `"baike.jsonl:12"` (file name and 1-based line; `"x.parquet:row 3"` for
@@ -13,7 +13,7 @@ import os
 
 from kerasgemma.errors import MissingFileError, UserError
 
-SUPPORTED_SUFFIXES = (".jsonl", ".json", ".parquet")
+SUPPORTED_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 # Files a data folder commonly holds beside its data (a dataset repo's card
 # and loading script); anything else unsupported is named, not ignored.
 NOT_DATA_SUFFIXES = (".md", ".py", ".lock")
@@ -128,6 +128,8 @@ def read_rows(filename):
     filename = os.fspath(filename)
     if filename.endswith(".parquet"):
         rows = _read_parquet(filename)
+    elif filename.endswith(".csv"):
+        rows = _read_csv(filename)
     elif filename.endswith(".json"):
         rows = _read_json(filename)
     else:
@@ -228,19 +230,54 @@ def _skip_space(text, position):
     return position
 
 
+def table_columns(filename):
+    """The column names of a Parquet or CSV file (checked against the row form it holds), else None.
+
+    Example:
+    >>> import pathlib, tempfile
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "rows.csv"
+    >>> _ = path.write_text("instruction,output\\n问,答\\n", encoding="utf-8")
+    >>> table_columns(path), [row.value for row in read_rows(path)]
+    (['instruction', 'output'], [{'instruction': '问', 'output': '答'}])
+    """
+    filename = os.fspath(filename)
+    if filename.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        return list(pq.ParquetFile(filename).schema_arrow.names)
+    if filename.endswith(".csv"):
+        import csv
+
+        try:
+            with open(filename, encoding="utf-8-sig", newline="") as file:
+                return next(csv.reader(file), [])
+        except UnicodeDecodeError:
+            return None  # Reported with its line when the rows are read.
+    return None
+
+
+def _read_csv(filename):
+    """Rows of a CSV file with a header line; each row's source is the line it starts on."""
+    import csv
+
+    with open(filename, encoding="utf-8-sig", newline="") as file:
+        reader = csv.DictReader(file)
+        line = 1
+        try:
+            for value in reader:
+                source = f"{filename}:{line + 1}"
+                line = reader.line_num
+                yield Row(source, value={key: item for key, item in value.items() if key is not None})
+        except UnicodeDecodeError as error:
+            yield Row(f"{filename}:{line + 1}", problem=_utf8_problem(error))
+        except csv.Error as error:
+            yield Row(f"{filename}:{reader.line_num}", problem=(INVALID_JSON, f"invalid CSV: {error}"))
+
+
 def _read_parquet(filename):
     import pyarrow.parquet as pq
 
     table = pq.ParquetFile(filename)
-    columns = table.schema_arrow.names
-    # A missing column would otherwise be reported on every row as an empty one.
-    if "messages" not in columns:
-        missing = [name for name in ("question", "human_answers") if name not in columns]
-        if missing:
-            raise UserError(
-                f"{filename}: missing column {', '.join(missing)} (columns: {', '.join(columns)}); "
-                "rows need question + human_answers, or messages."
-            )
     number = 0
     for batch in table.iter_batches(batch_size=1024):
         for value in batch.to_pylist():

@@ -16,6 +16,8 @@ class LoadReport:
         examples: int. Examples kept (after duplicates were removed).
         skipped: dict of str to int. Skipped rows by problem kind.
         duplicates_removed: int. Exact duplicate conversations dropped.
+        formats: dict of str to str. The row form of each file (or split)
+            read, e.g. `{"zh.jsonl": "alpaca"}`.
 
     Example:
     >>> LoadReport(rows_read=3, examples=2, skipped={"invalid_json": 1}).to_dict()["skipped_total"]
@@ -27,6 +29,7 @@ class LoadReport:
     examples: int = 0
     skipped: dict = dataclasses.field(default_factory=dict)
     duplicates_removed: int = 0
+    formats: dict = dataclasses.field(default_factory=dict)
 
     def to_dict(self):
         return dict(

@@ -1,6 +1,8 @@
 """Turn one decoded row into chat conversations, or say exactly what is wrong with it.
 
-Two row forms are understood:
+The HC3 form and the chat `messages` form live here, with the problem kinds
+every form shares; `kerasgemma.data.formats` adds Alpaca, ShareGPT and
+prompt/completion rows and decides which form a file holds.
 
 - HC3 (`Hello-SimpleAI/HC3-Chinese`): `question` (str), `human_answers`
   (list of str), `chatgpt_answers` (list of str), optional `id`. Each chosen
@@ -37,11 +39,14 @@ class RowError(ValueError):
         self.kind = kind
 
 
-def row_to_conversations(row, answers="first", include_chatgpt=False):
+def row_to_conversations(row, answers="first", include_chatgpt=False, form=None):
     """The conversations (lists of messages) that one row yields.
 
     Args:
         row: the decoded JSON value of one row.
+        form: str or None. The row form (`kerasgemma.data.formats.FORMS`);
+            None reads the form from the row's own fields (`messages` rows
+            as chat, rows of no single form as HC3).
         answers: str. "first" (one example per question, the reference
             recipe) or "all" (every answer its own example).
         include_chatgpt: bool. Also use `chatgpt_answers` (HC3 rows only).
@@ -55,12 +60,15 @@ def row_to_conversations(row, answers="first", include_chatgpt=False):
     >>> conversation[1]
     {'role': 'assistant', 'content': '瑞利散射。'}
     """
-    if answers not in ANSWER_CHOICES:
-        raise ValueError(f"answers must be one of {ANSWER_CHOICES}, got {answers!r}.")
-    if not isinstance(row, dict):
-        raise RowError(NOT_AN_OBJECT, f"expected a JSON object, got {_type_name(row)}")
-    if "messages" in row:
-        return [validate_messages(row["messages"])]
+    from kerasgemma.data.formats import form_of, to_conversations
+
+    if form is None and isinstance(row, dict):
+        form = "messages" if "messages" in row else (form_of(row) or "hc3")
+    return to_conversations(row, form or "hc3", answers, include_chatgpt)
+
+
+def hc3_conversations(row, answers="first", include_chatgpt=False):
+    """The conversations of one HC3 row object (see `row_to_conversations`)."""
     question = _question(row)
     fields = ["human_answers"] + (["chatgpt_answers"] if include_chatgpt else [])
     texts = [text for field in fields for text in _answers(row, field)]
@@ -77,12 +85,14 @@ def row_to_conversations(row, answers="first", include_chatgpt=False):
     ]
 
 
-def validate_messages(messages):
+def validate_messages(messages, labels=None):
     """Check a chat in the `messages` form and return it with stripped text.
 
     Rules: an optional first `system` message, then `user` and `assistant`
     strictly alternating, starting with `user` and ending with `assistant`
     (the turn the model learns from); every content a non-blank string.
+    `labels`: what to call each message in errors (default `messages[i]`),
+    for forms whose messages come from other fields.
 
     Example:
     >>> validate_messages([{"role": "user", "content": "hi "},
@@ -94,18 +104,18 @@ def validate_messages(messages):
     kerasgemma.data.rows.RowError: messages must end with an assistant turn
     """
     if not isinstance(messages, list):
-        raise RowError(WRONG_TYPE, f"'messages' must be a list, got {_type_name(messages)}")
+        raise RowError(WRONG_TYPE, f"'messages' must be a list, got {type_name(messages)}")
     cleaned = []
     for index, message in enumerate(messages):
-        where = f"messages[{index}]"
+        where = labels[index] if labels else f"messages[{index}]"
         if not isinstance(message, dict):
-            raise RowError(WRONG_TYPE, f"{where} must be an object, got {_type_name(message)}")
+            raise RowError(WRONG_TYPE, f"{where} must be an object, got {type_name(message)}")
         role, content = message.get("role"), message.get("content")
         if role not in ROLES:
             raise RowError(BAD_MESSAGES, f"{where} has role {role!r}; expected one of {ROLES}")
         if not isinstance(content, str):
             raise RowError(
-                WRONG_TYPE, f"{where}.content must be a string, got {_type_name(content)}"
+                WRONG_TYPE, f"{where}.content must be a string, got {type_name(content)}"
             )
         if not content.strip():
             raise RowError(BAD_MESSAGES, f"{where}.content is empty or whitespace-only")
@@ -129,7 +139,7 @@ def _question(row):
         raise RowError(MISSING_QUESTION, "no 'question' field (and no 'messages')")
     question = row["question"]
     if not isinstance(question, str):
-        raise RowError(WRONG_TYPE, f"'question' must be a string, got {_type_name(question)}")
+        raise RowError(WRONG_TYPE, f"'question' must be a string, got {type_name(question)}")
     if not question.strip():
         raise RowError(EMPTY_QUESTION, "'question' is empty or whitespace-only")
     return question.strip()
@@ -141,16 +151,17 @@ def _answers(row, field):
     if values is None:
         return []
     if not isinstance(values, list):
-        raise RowError(WRONG_TYPE, f"'{field}' must be a list of strings, got {_type_name(values)}")
+        raise RowError(WRONG_TYPE, f"'{field}' must be a list of strings, got {type_name(values)}")
     for index, value in enumerate(values):
         if not isinstance(value, str):
             raise RowError(
-                WRONG_TYPE, f"'{field}'[{index}] must be a string, got {_type_name(value)}"
+                WRONG_TYPE, f"'{field}'[{index}] must be a string, got {type_name(value)}"
             )
     return [value.strip() for value in values if value.strip()]
 
 
-def _type_name(value):
+def type_name(value):
+    """How a JSON value's type is named in error messages ("a list", "null", ...)."""
     names = {
         dict: "an object",
         list: "a list",
