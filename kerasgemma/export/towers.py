@@ -127,8 +127,10 @@ def multimodal_config(architecture, backbone, tokenizer, text_config):
     require_reproducible_towers(backbone)
     text_config = {k: v for k, v in text_config.items() if k != "architectures"}
     shared = {
+        # vocab_size: mlx-lm 0.32's gemma3/gemma4 read it at the top level
+        # (defaults 262208 / 262144, then refuse the weights).
         key: text_config[key]
-        for key in ("pad_token_id", "bos_token_id", "eos_token_id", "tie_word_embeddings", "dtype")
+        for key in ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id", "tie_word_embeddings", "dtype")
         if key in text_config
     }
     found = towers(backbone)
