@@ -112,7 +112,7 @@ def _rank_patterns(settings):
 
 
 def target_modules(modules, prefix):
-    """PEFT `target_modules`: the module names, or for a multimodal base a regex on the language model only.
+    r"""PEFT `target_modules`: the module names, or for a multimodal base a regex on the language model only.
 
     In a `*ForConditionalGeneration` model the towers have their own
     `q_proj`, `k_proj`, ... (Gemma 3's SigLIP, Gemma 4's clipped linears):
@@ -123,8 +123,8 @@ def target_modules(modules, prefix):
     Example:
     >>> target_modules({"q_proj", "down_proj"}, "model.")
     ['down_proj', 'q_proj']
-    >>> target_modules({"q_proj", "down_proj"}, "model.language_model.")
-    'model\\.language_model\\.layers\\.\\d+\\.(?:self_attn|mlp)?\\.?(?:down_proj|q_proj)'
+    >>> print(target_modules({"q_proj", "down_proj"}, "model.language_model."))
+    model\.language_model\.layers\.\d+\.(?:self_attn|mlp)?\.?(?:down_proj|q_proj)
     """
     if prefix != MULTIMODAL_TEXT_PREFIX:
         return sorted(modules)
