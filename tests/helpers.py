@@ -43,6 +43,8 @@ def lora_model(architecture, num_key_value_heads=1, num_layers=2, targets=None, 
     """A tiny causal LM with LoRA whose A and B are random (a dropped LoRA shows)."""
     lm = build_tiny_causal_lm(architecture, num_key_value_heads=num_key_value_heads)
     if num_layers != lm.backbone.num_layers:
+        if lm.backbone.vision_encoder is not None:
+            raise ValueError("lora_model cannot change the layer count of a multimodal tiny model.")
         config = tiny_backbone_config(
             architecture, lm.backbone.vocabulary_size, num_key_value_heads
         )

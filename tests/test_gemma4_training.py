@@ -5,8 +5,8 @@ models: `tiny:gemma4` (per-layer embeddings, KV sharing across the trailing
 layers, double-wide MLPs on those, wider global heads with partial RoPE,
 sliding/global layers, window 8) and `tiny:gemma4-moe` (K=V global layers
 with their own KV head count, an MoE block beside the dense MLP). Multimodal
-presets are stood in for by tiny backbones with tiny vision (and audio)
-towers built here.
+presets are stood in for by `tiny:gemma3-vision` and `tiny:gemma4-vision-audio`
+(kerasgemma.tiny).
 """
 
 import numpy as np
@@ -156,41 +156,8 @@ def test_moe_lora_trains_attention_and_dense_mlp_experts_frozen():
 
 
 def tiny_multimodal_lm(architecture):
-    """A tiny Gemma 3 or Gemma 4 backbone with a tiny vision tower (and, for
-    Gemma 4, a tiny audio tower), the text part as in the `tiny:` presets."""
-    import keras
-    import keras_hub
-
-    text = load_causal_lm(f"tiny:{architecture}")
-    config = dict(text.backbone.get_config())
-    for key in ("name", "trainable", "dtype", "vision_encoder", "audio_encoder", "num_audio_tokens_per_clip"):
-        config.pop(key, None)
-    keras.utils.set_random_seed(0)
-    if architecture == "gemma3":
-        from keras_hub.src.models.gemma3.gemma3_vision_encoder import Gemma3VisionEncoder
-
-        config["image_size"] = 16
-        vision = Gemma3VisionEncoder(
-            image_size=16, patch_size=8, num_heads=2, hidden_dim=8, num_layers=1,
-            intermediate_dim=16, output_dim=config["hidden_dim"], pool_size=2,
-        )
-        backbone = keras_hub.models.Gemma3Backbone(**config, vision_encoder=vision, dtype="float32")
-    else:
-        from keras_hub.src.models.gemma4.gemma4_audio_encoder import Gemma4AudioEncoder
-        from keras_hub.src.models.gemma4.gemma4_vision_encoder import Gemma4VisionEncoder
-
-        vision = Gemma4VisionEncoder(
-            image_size=16, patch_size=4, num_heads=2, hidden_dim=8, num_layers=1, intermediate_dim=16,
-            head_dim=4, output_dim=config["hidden_dim"], pool_size=2, position_embedding_size=16,
-        )
-        audio = Gemma4AudioEncoder(
-            input_feat_size=8, hidden_size=8, num_heads=2, num_layers=1, sscp_conv_channels=(4, 4),
-            output_proj_dims=8, output_dim=config["hidden_dim"],
-        )
-        backbone = keras_hub.models.Gemma4Backbone(
-            **config, vision_encoder=vision, audio_encoder=audio, num_audio_tokens_per_clip=4, dtype="float32"
-        )
-    return type(text)(backbone=backbone, preprocessor=None)
+    """A tiny Gemma 3 (vision) or Gemma 4 (vision + audio) model, the text part as in the `tiny:` presets."""
+    return load_causal_lm(f"tiny:{architecture}-vision" if architecture == "gemma3" else "tiny:gemma4-vision-audio")
 
 
 @pytest.mark.slow

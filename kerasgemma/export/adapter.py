@@ -11,6 +11,7 @@ PEFT's alpha/r equals Keras' alpha/rank. Still megabytes, and exact.
 """
 
 import os
+import re
 from collections import Counter
 
 import numpy as np
@@ -18,7 +19,9 @@ import numpy as np
 from kerasgemma.atomic import write_json_atomic
 from kerasgemma.export.folder import atomic_folder
 from kerasgemma.export.safetensors_io import cast
+from kerasgemma.export.weights import MULTIMODAL_TEXT_PREFIX
 from kerasgemma.export.weights import PROJECTIONS, _numpy
+from kerasgemma.export.weights import text_prefix
 from kerasgemma.files import ADAPTER_CONFIG
 from kerasgemma.files import ADAPTER_WEIGHTS
 
@@ -51,12 +54,13 @@ def peft_lora_pair(module, a, b):
 def _lora_layers(backbone):
     """`(hf_module_path, module, layer)` for every LoRA-enabled projection."""
     found, seen = [], set()
+    prefix = text_prefix(backbone)
     for i in range(backbone.num_layers):
         block = backbone.get_layer(f"decoder_block_{i}")
         for module, (get_layer, _) in PROJECTIONS.items():
             layer = get_layer(block)
             if getattr(layer, "lora_enabled", False):
-                found.append((f"model.layers.{i}.{module}", module, layer))
+                found.append((f"{prefix}layers.{i}.{module}", module, layer))
                 seen.add(id(layer))
     others = [
         layer.path
@@ -105,6 +109,28 @@ def _rank_patterns(settings):
             if a != alpha:
                 alpha_pattern[key] = a
     return rank, alpha, rank_pattern, alpha_pattern
+
+
+def target_modules(modules, prefix):
+    r"""PEFT `target_modules`: the module names, or for a multimodal base a regex on the language model only.
+
+    In a `*ForConditionalGeneration` model the towers have their own
+    `q_proj`, `k_proj`, ... (Gemma 3's SigLIP, Gemma 4's clipped linears):
+    a plain name list would put LoRA on them too (PEFT matches name
+    suffixes), so the regex (a str, which PEFT full-matches) names only
+    `model.language_model.layers.N.<module>`.
+
+    Example:
+    >>> target_modules({"q_proj", "down_proj"}, "model.")
+    ['down_proj', 'q_proj']
+    >>> print(target_modules({"q_proj", "down_proj"}, "model.language_model."))
+    model\.language_model\.layers\.\d+\.(?:self_attn|mlp)?\.?(?:down_proj|q_proj)
+    """
+    if prefix != MULTIMODAL_TEXT_PREFIX:
+        return sorted(modules)
+    return (
+        re.escape(prefix) + r"layers\.\d+\.(?:self_attn|mlp)?\.?(?:" + "|".join(sorted(modules)) + ")"
+    )
 
 
 def export_adapter(
@@ -159,7 +185,7 @@ def export_adapter(
         "base_model_name_or_path": base_model_name_or_path,
         "r": rank,
         "lora_alpha": alpha,
-        "target_modules": sorted(modules),
+        "target_modules": target_modules(modules, text_prefix(causal_lm.backbone)),
         "rank_pattern": rank_pattern,
         "alpha_pattern": alpha_pattern,
         "lora_dropout": 0.0,

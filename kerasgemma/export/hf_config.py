@@ -10,6 +10,9 @@ transformers class can reproduce is refused instead of exported wrong.
 
 import keras_hub
 
+from kerasgemma.export.towers import multimodal_config
+from kerasgemma.export.towers import towers
+
 ARCHITECTURES = {
     "gemma": ("GemmaForCausalLM", "gemma"),
     "gemma2": ("Gemma2ForCausalLM", "gemma2"),
@@ -36,11 +39,6 @@ def detect_architecture(backbone):
         _require_gemma4_text(backbone)
         return "gemma4"
     if isinstance(backbone, keras_hub.models.Gemma3Backbone):
-        if backbone.vision_encoder is not None:
-            raise ValueError(
-                "Only text-only Gemma 3 backbones can be exported "
-                "(this one has a vision encoder)."
-            )
         if backbone.use_bidirectional_attention or getattr(
             backbone, "is_embedding_model", False
         ):
@@ -81,16 +79,11 @@ def detect_architecture(backbone):
 
 
 def _require_gemma4_text(backbone):
-    """Refuse a Gemma 4 backbone `Gemma4ForCausalLM` cannot reproduce."""
-    if backbone.vision_encoder is not None or backbone.audio_encoder is not None:
-        # keras-hub's Gemma 4 presets are all multimodal. Exporting only the
-        # text tower would silently drop the towers the checkpoint was
-        # trained with, so it is refused rather than done half.
-        raise ValueError(
-            "Only text-only Gemma 4 backbones can be exported (this one has a "
-            "vision or audio encoder); Gemma4ForConditionalGeneration export "
-            "is not supported."
-        )
+    """Refuse a Gemma 4 backbone whose text part transformers cannot reproduce.
+
+    A backbone with towers is exported whole as
+    `Gemma4ForConditionalGeneration` (`kerasgemma.export.towers`).
+    """
     if backbone.use_bidirectional_attention or backbone.is_embedding_model:
         raise ValueError(
             "Gemma 4 embedding models (bidirectional attention) are not "
@@ -274,11 +267,28 @@ def _sliding_window_pattern(layer_types):
     return None
 
 
+def is_multimodal(backbone):
+    """True if `backbone` has a vision or audio tower (exported as `*ForConditionalGeneration`).
+
+    Example:
+    >>> from kerasgemma.tiny import build_tiny_causal_lm
+    >>> is_multimodal(build_tiny_causal_lm("gemma3-vision").backbone)
+    True
+    """
+    return bool(towers(backbone))
+
+
 def hf_config(backbone, tokenizer, dtype="bfloat16"):
     """The transformers `config.json` dict for a Keras Gemma backbone.
 
+    A text-only backbone gets a flat `*ForCausalLM` config. A multimodal
+    one (Gemma 3 with a vision encoder, Gemma 4 with vision and/or audio)
+    gets the `*ForConditionalGeneration` config: this same text config as
+    its `text_config`, the towers' configs beside it
+    (`kerasgemma.export.towers.multimodal_config`).
+
     Args:
-        backbone: a text-only keras-hub Gemma 1–4 backbone.
+        backbone: a keras-hub Gemma 1–4 backbone.
         tokenizer: the matching keras-hub Gemma tokenizer (special token ids).
         dtype: str. Dtype of the written weights ("bfloat16", "float32", ...).
 
@@ -288,7 +298,25 @@ def hf_config(backbone, tokenizer, dtype="bfloat16"):
     >>> config = hf_config(lm.backbone, lm.preprocessor.tokenizer)
     >>> config["model_type"], config["bos_token_id"], config["eos_token_id"]
     ('gemma3_text', 2, 1)
+    >>> lm = build_tiny_causal_lm("gemma4-vision-audio")
+    >>> config = hf_config(lm.backbone, lm.preprocessor.tokenizer)
+    >>> config["model_type"], config["text_config"]["model_type"], sorted(config)[:2]
+    ('gemma4', 'gemma4_text', ['architectures', 'audio_config'])
     """
+    config = _text_config(backbone, tokenizer, dtype)
+    if not is_multimodal(backbone):
+        return config
+    architecture = detect_architecture(backbone)
+    if architecture == "gemma4":
+        # The Keras backbone's own setting: image tokens attend to each other
+        # both ways in sliding layers (irrelevant to text-only prompts).
+        config["use_bidirectional_attention"] = (
+            "vision" if getattr(backbone, "use_vision_bidirectional_attention", False) else None
+        )
+    return multimodal_config(architecture, backbone, tokenizer, config)
+
+
+def _text_config(backbone, tokenizer, dtype):
     architecture = detect_architecture(backbone)
     class_name, model_type = ARCHITECTURES[architecture]
     embedding = backbone.get_layer("token_embedding")

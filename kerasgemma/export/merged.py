@@ -31,8 +31,9 @@ def export_merged(
     one by one, and the folder appears only once complete.
 
     Args:
-        causal_lm: `keras_hub.models.GemmaCausalLM` or `Gemma3CausalLM`
-            (text only), with or without LoRA.
+        causal_lm: a keras-hub Gemma 1–4 causal LM, with or without LoRA.
+            A multimodal one (vision/audio towers) is written as the
+            `*ForConditionalGeneration` folder, towers unchanged.
         output_dir: str or path. Folder to create; a previous export there
             is replaced, any other non-empty folder refused.
         dtype: str. "bfloat16" (default), "float16" or "float32".

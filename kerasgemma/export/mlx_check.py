@@ -6,7 +6,7 @@ with transformers here is a separate check of the folder.
 """
 
 
-def mlx_greedy(folder, prompt_ids, max_new_tokens, stop_ids):
+def mlx_greedy(folder, prompt_ids, max_new_tokens, stop_ids, banned=()):
     """Greedy tokens mlx-lm generates (float32) per prompt; None without mlx-lm.
 
     Args:
@@ -14,6 +14,8 @@ def mlx_greedy(folder, prompt_ids, max_new_tokens, stop_ids):
         prompt_ids: list of lists of int. Prompts with their bos id.
         max_new_tokens: int. Tokens to generate at most.
         stop_ids: set of int. Generation stops after one of these.
+        banned: ids never generated (media placeholders, see
+            `kerasgemma.export.verify.media_placeholder_ids`).
 
     Example:
     >>> import json, tempfile
@@ -36,10 +38,17 @@ def mlx_greedy(folder, prompt_ids, max_new_tokens, stop_ids):
     model, _ = load(folder)
     # Same precision as the transformers check: the folder's weights, upcast.
     model.set_dtype(mx.float32)
+    processors = []
+    if banned:
+        mask = mx.zeros((model.args.text_config["vocab_size"] if hasattr(model.args, "text_config")
+                         else model.args.vocab_size,))
+        mask[mx.array(sorted(banned))] = -mx.inf
+        processors.append(lambda tokens, logits: logits + mask)
     results = []
     for ids in prompt_ids:
         tokens = []
-        for token, _ in generate_step(mx.array(ids), model, max_tokens=max_new_tokens):
+        for token, _ in generate_step(mx.array(ids), model, max_tokens=max_new_tokens,
+                                      logits_processors=processors):
             tokens.append(int(token))
             if tokens[-1] in stop_ids:
                 break

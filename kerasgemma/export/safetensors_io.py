@@ -53,13 +53,17 @@ def cast(array, dtype):
     Example:
     >>> cast(np.array([1.0, 2.5], np.float32), "bfloat16").dtype.name
     'bfloat16'
+    >>> cast(np.array(1.0), "float32").shape
+    ()
     """
     if dtype not in DTYPES:
         raise ValueError(f"Unsupported dtype {dtype!r}; choose from {list(DTYPES)}.")
     target = DTYPES[dtype]
     if array.dtype != target:
         array = array.astype(target)
-    return np.ascontiguousarray(array)
+    # np.ascontiguousarray makes a 0-d array 1-d; transformers' scalar
+    # buffers (Gemma 4's clipping bounds) must stay 0-d.
+    return np.ascontiguousarray(array).reshape(array.shape)
 
 
 def write_sharded(tensors, output_dir, dtype="bfloat16", max_shard_size="2GB"):

@@ -16,6 +16,13 @@ mapped weights unrounded, so the logit comparison measures the conversion,
 not bfloat16 rounding. The rounded folder's own max |Δ| is reported too
 (`rounded_max_abs_logits_diff`), for information only.
 
+A multimodal folder (`*ForConditionalGeneration`) is loaded in that class
+and checked the same way on text-only prompts; its towers are checked too:
+the Keras vision tower's output on a random image (and the audio tower's on
+random mel features) against transformers' `get_image_features` /
+`get_audio_features` (tower + embedder), max |Δ| under `atol`
+(`tower_max_abs_diff`). Their tensors are in the bit-exact check.
+
 The optional PEFT check does the same for a base folder plus an adapter, and
 the optional mlx-lm check compares mlx-lm's greedy tokens with transformers'.
 """
@@ -35,7 +42,13 @@ from kerasgemma.export.safetensors_io import read_weight_map
 from kerasgemma.export.tokenizer_files import special_token_ids
 from kerasgemma.export.tokenizer_files import stop_token_ids
 from kerasgemma.export.tokenizer_files import turn_markers
+from kerasgemma.export.towers import random_tower_inputs
+from kerasgemma.export.towers import tower_outputs_keras
+from kerasgemma.export.towers import tower_outputs_torch
+from kerasgemma.export.towers import towers
 from kerasgemma.export.weights import hf_tensors
+from kerasgemma.export.weights import text_prefix
+from kerasgemma.forward import empty_media_inputs
 from kerasgemma.files import ADAPTER_CONFIG
 from kerasgemma.files import HF_CONFIG
 from kerasgemma.files import VERIFICATION_REPORT
@@ -94,6 +107,9 @@ class VerificationReport:
     mlx: str
     failures: list
     reference: str = "Keras model (float32)"
+    # Multimodal folders: max |Δ| of each tower's output ({"vision": ..., "audio": ...}).
+    tower_max_abs_diff: dict = dataclasses.field(default_factory=dict)
+    architecture: str = ""
 
     def summary(self):
         """A few lines for a terminal."""
@@ -112,6 +128,8 @@ class VerificationReport:
                 f"|Δ| {check.max_abs_logits_diff:.3g}, greedy {len(check.hf_greedy)} "
                 f"tokens {'identical' if check.greedy_match else 'DIFFER'}"
             )
+        for tower, diff in self.tower_max_abs_diff.items():
+            lines.append(f"  {tower} tower: max |Δ| {diff:.3g} (float32, random input)")
         lines.append(f"  mlx-lm: {self.mlx}")
         lines.extend(f"  FAILURE: {failure}" for failure in self.failures)
         return "\n".join(lines)
@@ -167,10 +185,12 @@ def keras_forward(causal_lm, length):
     # uses for one unpadded sequence); Gemma 1-3 derive them.
     backbone_inputs = causal_lm.backbone.input
     needs_positions = isinstance(backbone_inputs, dict) and "position_ids" in backbone_inputs
+    # Multimodal backbones also get zero images / audio clips (text-only prompts).
+    media = empty_media_inputs(causal_lm.backbone, 1, length)
 
     @jax.jit
     def call(trainable, non_trainable, token_ids, padding_mask):
-        inputs = {"token_ids": token_ids, "padding_mask": padding_mask}
+        inputs = {"token_ids": token_ids, "padding_mask": padding_mask, **media}
         if needs_positions:
             positions = jax.numpy.arange(token_ids.shape[1], dtype="int32")
             inputs["position_ids"] = jax.numpy.broadcast_to(positions, token_ids.shape)
@@ -190,13 +210,38 @@ def keras_forward(causal_lm, length):
     return forward
 
 
-def _keras_greedy(forward, ids, max_new_tokens, stop_ids):
+def media_placeholder_ids(config):
+    """Token ids a ConditionalGeneration folder reads as "a tower output goes here".
+
+    transformers embeds such an id as the pad token when no image/audio is
+    given (Gemma4Model.forward, `torch.where(multimodal_mask, pad_token_id,
+    ...)`); Keras embeds it as text. A random tiny model generates one now
+    and then (measured: `<|video|>`, then max |Δlogits| 0.82), so text-only
+    greedy decoding suppresses them on both sides.
+
+    Example:
+    >>> media_placeholder_ids({"model_type": "gemma4", "image_token_id": 17, "audio_token_id": 20,
+    ...                        "video_token_id": 258884, "text_config": {"vocab_size": 600}})
+    [17, 20]
+    >>> media_placeholder_ids({"model_type": "gemma3_text", "vocab_size": 600})
+    []
+    """
+    if "text_config" not in config:
+        return []
+    keys = ("image_token_id", "audio_token_id", "video_token_id", "image_token_index")
+    vocabulary = config["text_config"]["vocab_size"]
+    return sorted({config[k] for k in keys if isinstance(config.get(k), int) and 0 <= config[k] < vocabulary})
+
+
+def _keras_greedy(forward, ids, max_new_tokens, stop_ids, banned=()):
     # A plain loop over full forward passes: no cache, no preprocessor, so the
     # reference depends on nothing but the weights and the token ids.
     ids = list(ids)
     new = []
     for _ in range(max_new_tokens):
-        token = int(np.argmax(forward(ids)[-1]))
+        logits = forward(ids)[-1].copy()
+        logits[list(banned)] = -np.inf
+        token = int(np.argmax(logits))
         new.append(token)
         ids.append(token)
         if token in stop_ids:
@@ -212,7 +257,7 @@ def _torch_logits(model, ids):
     return out.logits[0].float().numpy()
 
 
-def _torch_greedy(model, ids, max_new_tokens, stop_ids):
+def _torch_greedy(model, ids, max_new_tokens, stop_ids, banned=()):
     import torch
 
     with torch.no_grad():
@@ -223,6 +268,7 @@ def _torch_greedy(model, ids, max_new_tokens, stop_ids):
             do_sample=False,
             eos_token_id=sorted(stop_ids),
             pad_token_id=0,
+            suppress_tokens=list(banned) or None,
         )
     return [int(t) for t in out[0, len(ids):]]
 
@@ -258,11 +304,15 @@ def _compare_files(folder, backbone, merge_lora, dtype):
 
 
 def _load_float32(folder):
-    """The folder's model as transformers loads it, upcast to float32."""
+    """The folder's model as transformers loads it (the class its config names), upcast to float32."""
     import torch
     import transformers
 
-    model = transformers.AutoModelForCausalLM.from_pretrained(
+    class_name = read_json(os.path.join(folder, HF_CONFIG))["architectures"][0]
+    model_class = getattr(transformers, class_name, None)
+    if model_class is None:
+        raise UserError(f"transformers {transformers.__version__} has no {class_name} (named in {folder}).")
+    model = model_class.from_pretrained(
         folder, dtype=torch.float32, attn_implementation="eager"
     )
     model.eval()
@@ -277,7 +327,7 @@ def _set_unrounded(model, backbone, merge_lora):
         for name, array in hf_tensors(backbone, merge_lora=merge_lora)
     }
     if model.config.tie_word_embeddings:
-        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+        state["lm_head.weight"] = state[text_prefix(backbone) + "embed_tokens.weight"]
     target = model.get_base_model() if hasattr(model, "peft_config") else model
     # PEFT moves a wrapped projection's weight to `<module>.base_layer.weight`.
     names = set(target.state_dict())
@@ -308,7 +358,11 @@ def mlx_limitation(config, longest):
     >>> mlx_limitation({"model_type": "gemma", "num_hidden_layers": 2}, 40) is None
     True
     """
-    model_type, layers = config["model_type"], config["num_hidden_layers"]
+    # A ConditionalGeneration folder: mlx-lm runs its text_config's model.
+    config = dict(config.get("text_config") or {}, **{k: v for k, v in config.items() if k != "text_config"}) \
+        if "text_config" in config else config
+    model_type = {"gemma3": "gemma3_text", "gemma4": "gemma4_text"}.get(config["model_type"], config["model_type"])
+    layers = config["num_hidden_layers"]
     if model_type == "gemma2" and longest > config["sliding_window"]:
         # Its Gemma 2 has no sliding window: past the window it must differ.
         return (
@@ -357,21 +411,22 @@ def _compare_prompts(causal_lm, model, tokenizer_dir, prompts, max_new_tokens, a
     keras_tokenizer = causal_lm.preprocessor.tokenizer
     ids = special_token_ids(keras_tokenizer)
     stop_ids = set(stop_token_ids(keras_tokenizer))
+    banned = media_placeholder_ids(read_json(os.path.join(tokenizer_dir, HF_CONFIG)))
     prompts = prompts or default_prompts(keras_tokenizer)
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
     prompt_ids = [[ids["<bos>"]] + [int(t) for t in keras_tokenizer(p)] for p in prompts]
     forward = keras_forward(causal_lm, max(map(len, prompt_ids)) + max_new_tokens)
-    keras_greedy = [_keras_greedy(forward, p, max_new_tokens, stop_ids) for p in prompt_ids]
+    keras_greedy = [_keras_greedy(forward, p, max_new_tokens, stop_ids, banned) for p in prompt_ids]
     rounded = max(
         float(np.max(np.abs(_torch_logits(model, p + g) - forward(p + g))))
         for p, g in zip(prompt_ids, keras_greedy)
     )
-    rounded_greedy = [_torch_greedy(model, p, max_new_tokens, stop_ids) for p in prompt_ids]
+    rounded_greedy = [_torch_greedy(model, p, max_new_tokens, stop_ids, banned) for p in prompt_ids]
     unround()
     checks = []
     for prompt, p_ids, k_greedy in zip(prompts, prompt_ids, keras_greedy):
         full = p_ids + k_greedy
-        hf_greedy = _torch_greedy(model, p_ids, max_new_tokens, stop_ids)
+        hf_greedy = _torch_greedy(model, p_ids, max_new_tokens, stop_ids, banned)
         check = PromptCheck(
             prompt=prompt,
             tokens_match=hf_tokenizer(prompt)["input_ids"] == p_ids,
@@ -396,7 +451,8 @@ def _check_mlx(folder, checks, prompt_ids, rounded_greedy, stop_ids, max_new_tok
     if limitation:
         return f"skipped: {limitation}"
     try:
-        mlx_tokens = mlx_greedy(folder, prompt_ids, max_new_tokens, stop_ids)
+        banned = media_placeholder_ids(read_json(os.path.join(folder, HF_CONFIG)))
+        mlx_tokens = mlx_greedy(folder, prompt_ids, max_new_tokens, stop_ids, banned)
     except Exception as error:  # noqa: BLE001 - any mlx-lm error is a failed check, reported
         status = f"mlx-lm FAILED: {type(error).__name__}: {error}"
         failures.append(status)
@@ -409,6 +465,26 @@ def _check_mlx(folder, checks, prompt_ids, rounded_greedy, stop_ids, max_new_tok
         failures.append("mlx-lm greedy tokens differ from transformers'")
         return "greedy DIFFERS from transformers"
     return "greedy identical to transformers (folder weights, float32)"
+
+
+def _check_towers(backbone, model, atol, failures):
+    """`{tower: max |Δ|}` of the Keras towers vs transformers' on random inputs (float32 weights)."""
+    if not towers(backbone):
+        return {}
+    inputs = random_tower_inputs(backbone)
+    keras_out = tower_outputs_keras(backbone, inputs)
+    torch_out = tower_outputs_torch(model, inputs)
+    diffs = {}
+    for tower, expected in keras_out.items():
+        got = torch_out.get(tower)
+        if got is None or got.shape != expected.shape:
+            failures.append(f"{tower} tower output shape {None if got is None else got.shape} != {expected.shape}")
+            diffs[tower] = float("inf")
+            continue
+        diffs[tower] = float(np.max(np.abs(got - expected)))
+        if diffs[tower] > atol:
+            failures.append(f"{tower} tower max |Δ| {diffs[tower]:.3g} > {atol:g}")
+    return diffs
 
 
 def _finish(folder, write_report, checks, weights, rounded, failures, **fields):
@@ -471,6 +547,8 @@ def verify_merged(
     checks, rounded, (prompt_ids, rounded_greedy, stop_ids) = _compare_prompts(
         reference_lm, model, folder, prompts, max_new_tokens, atol, failures, unround
     )
+    tower_diffs = _check_towers(reference_lm.backbone, model, atol, failures)
+    architecture = type(model).__name__
     model = None  # free the float32 copy before mlx-lm loads its own
     mlx = "not checked" if not check_mlx else _check_mlx(
         folder, checks, prompt_ids, rounded_greedy, stop_ids, max_new_tokens, failures
@@ -478,6 +556,7 @@ def verify_merged(
     return _finish(
         folder, write_report, kind="merged", atol=atol, max_new_tokens=max_new_tokens, checks=checks,
         weights=(dtype, bit_exact), rounded=rounded, mlx=mlx, failures=failures, reference=reference,
+        tower_max_abs_diff=tower_diffs, architecture=architecture,
     )
 
 
@@ -517,10 +596,12 @@ def verify_adapter(
     checks, rounded, _ = _compare_prompts(
         reference_lm, model, base_dir, prompts, max_new_tokens, atol, failures, unround
     )
+    # The adapter must leave the towers as they are.
+    tower_diffs = _check_towers(reference_lm.backbone, model.get_base_model(), atol, failures)
     return _finish(
         adapter_dir, write_report, kind="peft adapter", atol=atol, max_new_tokens=max_new_tokens, checks=checks,
         weights=(dtype, bit_exact), rounded=rounded, mlx="not checked (adapter)", failures=failures,
-        reference=reference,
+        reference=reference, tower_max_abs_diff=tower_diffs, architecture=type(model.get_base_model()).__name__,
     )
 
 

@@ -6,6 +6,10 @@ three things keras-hub 0.32's own exporter gets wrong done right (docs/facts.md
 exporter reads the frozen base and drops LoRA), every key/value head is kept
 (it keeps only the first), and Gemma 2 norms get their Gemma 2 names.
 
+A multimodal backbone's text tensors get the ConditionalGeneration prefix
+(`model.language_model.`, `lm_head.weight` unchanged) and its towers'
+tensors follow, unchanged from Keras (`kerasgemma.export.towers`).
+
 Tensors are produced one at a time by generators, so a writer can stream
 them to disk without a second copy of the model in host memory.
 """
@@ -15,6 +19,11 @@ import numpy as np
 from keras import ops
 
 from kerasgemma.export.hf_config import detect_architecture
+from kerasgemma.export.hf_config import is_multimodal
+from kerasgemma.export.towers import tower_tensor_plan
+
+TEXT_PREFIX = "model."
+MULTIMODAL_TEXT_PREFIX = "model.language_model."
 
 
 def _heads_in(kernel):
@@ -147,6 +156,9 @@ def hf_tensor_shapes(backbone):
     >>> shapes = hf_tensor_shapes(build_tiny_causal_lm("gemma4").backbone)
     >>> "model.layers.2.self_attn.k_proj.weight" in shapes  # shares layer 0's
     False
+    >>> shapes = hf_tensor_shapes(build_tiny_causal_lm("gemma3-vision").backbone)
+    >>> shapes["model.language_model.embed_tokens.weight"][1], "model.embed_tokens.weight" in shapes
+    (32, False)
     """
     return {name: shape for name, shape, _ in _tensor_plan(backbone, True)}
 
@@ -170,8 +182,32 @@ def hf_tensors(backbone, merge_lora=True):
         yield name, read()
 
 
+def text_prefix(backbone):
+    """Where the text model's tensors live: "model." or, with towers, "model.language_model.".
+
+    Example:
+    >>> from kerasgemma.tiny import build_tiny_causal_lm
+    >>> text_prefix(build_tiny_causal_lm("gemma4-vision-audio").backbone)
+    'model.language_model.'
+    """
+    return MULTIMODAL_TEXT_PREFIX if is_multimodal(backbone) else TEXT_PREFIX
+
+
 def _tensor_plan(backbone, merge_lora):
     """(hf_name, shape, read) triples; `read()` materialises one tensor."""
+    plan = _text_tensor_plan(backbone, merge_lora)
+    prefix = text_prefix(backbone)
+    if prefix == TEXT_PREFIX:
+        return plan
+    plan = [
+        (prefix + name[len(TEXT_PREFIX):] if name.startswith(TEXT_PREFIX) else name, shape, read)
+        for name, shape, read in plan
+    ]
+    return plan + tower_tensor_plan(backbone)
+
+
+def _text_tensor_plan(backbone, merge_lora):
+    """The text model's (hf_name, shape, read) triples, named as in `*ForCausalLM`."""
     architecture = detect_architecture(backbone)
     embedding = backbone.get_layer("token_embedding")
     vocab, hidden = embedding._embeddings.shape
