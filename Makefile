@@ -11,8 +11,9 @@ export KERAS_BACKEND = jax
 # Keep TensorFlow (pulled in by tensorflow-text) quiet and off the GPU.
 export TF_CPP_MIN_LOG_LEVEL = 3
 # pytest-xdist: one test process per core, at most 4 (each compiles and holds
-# its own tiny models; the real-model tests hold ~3 GB each).
-TEST_WORKERS ?= -n auto --maxprocesses=4
+# its own tiny models; the real-model tests hold ~3 GB each), handed one test
+# at a time so that no worker is left with a queue of slow ones.
+TEST_WORKERS ?= -n auto --maxprocesses=4 --maxschedchunk=1
 
 .PHONY: demo test test-fast env clean
 

@@ -8,6 +8,11 @@ Markers (registered in pyproject.toml):
         `.ci/run`) runs everything. Mark a test slow when it takes more than
         ~10 s on its own and a faster test already covers the same code.
 
+Order: slow tests run first. With several workers (`make test` runs
+pytest-xdist, handing out one test at a time) the minutes-long ones then
+start at once, in parallel, instead of one of them keeping a single worker
+busy after the others have finished.
+
 Plain helpers (the Hub stand-in, LoRA export cases, subcommand parsing) are
 in tests/helpers.py; test modules must not import each other.
 """
@@ -16,6 +21,10 @@ import pytest
 from helpers import TOKEN, HubStandIn
 
 from kerasgemma.tiny import build_tiny_causal_lm, build_tiny_tokenizer_proto
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="session")

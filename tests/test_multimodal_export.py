@@ -76,6 +76,7 @@ def test_gemma3_vision_merged_matches_keras(tmp_path):
     assert not any(name.startswith("model.layers.") for name in shapes)
 
 
+@pytest.mark.slow
 def test_tower_check_catches_a_changed_tower_weight(tmp_path):
     """The tower comparison can fail: one vision weight nudged in transformers shows."""
     import torch

@@ -306,13 +306,7 @@ def to_conversations(row, form, answers="first", include_chatgpt=False):
 def _alpaca(row):
     instruction = _required_text(row, "instruction")
     extra = _optional_text(row, "input")
-    output = row.get("output")
-    if output is None:
-        raise RowError(NO_USABLE_ANSWER, f"no 'output' field (fields: {', '.join(row)})")
-    if not isinstance(output, str):
-        raise RowError(WRONG_TYPE, f"'output' must be a string, got {type_name(output)}")
-    if not output.strip():
-        raise RowError(NO_USABLE_ANSWER, "'output' is empty or whitespace-only")
+    output = _required_text(row, "output", missing=NO_USABLE_ANSWER, empty=NO_USABLE_ANSWER)
     system = _optional_text(row, "system")
     messages = [{"role": "system", "content": system}] if system else []
     history = row.get("history") or []
@@ -364,15 +358,11 @@ def _prompt_completion(row):
     if prompt is None:
         raise RowError(MISSING_QUESTION, f"no 'prompt' field (fields: {', '.join(row)})")
     if isinstance(prompt, str):
-        if not prompt.strip():
-            raise RowError(EMPTY_QUESTION, "'prompt' is empty or whitespace-only")
-        if completion is None:
-            raise RowError(NO_USABLE_ANSWER, f"no 'completion' field (fields: {', '.join(row)})")
-        if not isinstance(completion, str):
-            raise RowError(WRONG_TYPE, f"'completion' must be a string like 'prompt', got {type_name(completion)}")
-        if not completion.strip():
-            raise RowError(NO_USABLE_ANSWER, "'completion' is empty or whitespace-only")
-        return [{"role": "user", "content": prompt.strip()}, {"role": "assistant", "content": completion.strip()}]
+        prompt = _required_text(row, "prompt")
+        completion = _required_text(
+            row, "completion", missing=NO_USABLE_ANSWER, empty=NO_USABLE_ANSWER, like="'prompt'"
+        )
+        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
     if not isinstance(prompt, list):
         raise RowError(WRONG_TYPE, f"'prompt' must be a string or a list of messages, got {type_name(prompt)}")
     if not completion:
@@ -386,14 +376,16 @@ def _prompt_completion(row):
     return validate_messages(prompt + completion, labels=labels)
 
 
-def _required_text(row, field):
+def _required_text(row, field, missing=MISSING_QUESTION, empty=EMPTY_QUESTION, like=None):
+    """`row[field]`, stripped, or the RowError (kinds `missing`/`empty`) that says why not."""
     value = row.get(field)
     if value is None:
-        raise RowError(MISSING_QUESTION, f"no {field!r} field (fields: {', '.join(row)})")
+        raise RowError(missing, f"no {field!r} field (fields: {', '.join(row)})")
     if not isinstance(value, str):
-        raise RowError(WRONG_TYPE, f"{field!r} must be a string, got {type_name(value)}")
+        kind = f"a string like {like}" if like else "a string"
+        raise RowError(WRONG_TYPE, f"{field!r} must be {kind}, got {type_name(value)}")
     if not value.strip():
-        raise RowError(EMPTY_QUESTION, f"{field!r} is empty or whitespace-only")
+        raise RowError(empty, f"{field!r} is empty or whitespace-only")
     return value.strip()
 
 

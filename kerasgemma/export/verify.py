@@ -304,11 +304,15 @@ def _compare_files(folder, backbone, merge_lora, dtype):
 
 
 def _load_float32(folder):
-    """The folder's model as transformers loads it (the class its config names), upcast to float32."""
+    """The folder's model as transformers loads it, upcast to float32.
+
+    The class is the one `config.json` names in `architectures`; a folder
+    without it (keras-hub's own exporter writes none) loads as a causal LM.
+    """
     import torch
     import transformers
 
-    class_name = read_json(os.path.join(folder, HF_CONFIG))["architectures"][0]
+    class_name = (read_json(os.path.join(folder, HF_CONFIG)).get("architectures") or ["AutoModelForCausalLM"])[0]
     model_class = getattr(transformers, class_name, None)
     if model_class is None:
         raise UserError(f"transformers {transformers.__version__} has no {class_name} (named in {folder}).")
