@@ -11,9 +11,10 @@ export KERAS_BACKEND = jax
 # Keep TensorFlow (pulled in by tensorflow-text) quiet and off the GPU.
 export TF_CPP_MIN_LOG_LEVEL = 3
 # pytest-xdist: one test process per core, at most 4 (each compiles and holds
-# its own tiny models; the real-model tests hold ~3 GB each), handed one test
-# at a time so that no worker is left with a queue of slow ones.
-TEST_WORKERS ?= -n auto --maxprocesses=4 --maxschedchunk=1
+# its own tiny models; the real-model tests hold ~3 GB each). loadgroup hands
+# out a test (or an `xdist_group` of tests sharing a costly fixture) at a time,
+# so no worker is left with a queue of slow ones.
+TEST_WORKERS ?= -n auto --maxprocesses=4 --dist loadgroup
 
 .PHONY: demo test test-fast env clean
 

@@ -9,7 +9,7 @@ Markers (registered in pyproject.toml):
         ~10 s on its own and a faster test already covers the same code.
 
 Order: slow tests run first. With several workers (`make test` runs
-pytest-xdist, handing out one test at a time) the minutes-long ones then
+pytest-xdist, handing out one test or group at a time) the minutes-long ones then
 start at once, in parallel, instead of one of them keeping a single worker
 busy after the others have finished.
 

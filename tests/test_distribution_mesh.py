@@ -6,7 +6,7 @@ MoE (experts split over `model`) included.
 JAX fixes its device count when it starts, and the rest of the suite runs on
 one CPU device in this pytest process, so each check runs this file as a
 script in a fresh Python with `XLA_FLAGS=--xla_force_host_platform_device_count=8`
-(the core count of a TPU v3-8). The script prints one JSON line of results.
+(the chip count of a TPU v5e-8, the core count of a v3-8). The script prints one JSON line of results.
 """
 
 import json
@@ -57,10 +57,12 @@ def test_eight_devices_match_one(architecture):
 
 
 def meshes_for(architecture):
-    """Every mesh for Gemma 1–3; for Gemma 4 (dense and MoE, twice the compile
-    time) the 2x4 mesh, which splits weights over `model` and batches over
-    `batch` at once: the other two are each one of its axes."""
-    return MESHES if not architecture.startswith("gemma4") else {"model 2x4": MESHES["model 2x4"]}
+    """Every mesh for Gemma 1 and 3, whose layout maps Gemma 2 and 4 extend;
+    for Gemma 2 (Gemma 1's backbone class and layout) and Gemma 4 (its own
+    weights, twice the compile time) the 2x4 mesh, which splits weights over
+    `model` and batches over `batch` at once: the other two are each one of
+    its axes."""
+    return MESHES if architecture in ("gemma", "gemma3") else {"model 2x4": MESHES["model 2x4"]}
 
 
 # ---------------------------------------------------------------------------

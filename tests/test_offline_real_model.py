@@ -21,7 +21,9 @@ import pytest
 from kerasgemma.offline import OFFLINE_PRESET_NAME, build_offline_preset
 from kerasgemma.offline.gguf_file import import_gguf_package
 
-pytestmark = pytest.mark.slow
+# One worker of `make test` (pytest-xdist, --dist loadgroup) runs this whole
+# module, so the preset and the transformers reference are built once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("offline_real_model")]
 
 PROMPTS = [
     "中国的首都是",
