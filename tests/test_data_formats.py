@@ -382,3 +382,21 @@ def test_csv_files_in_any_column_order(tmp_path):
     (tmp_path / "qa.csv").write_text("q,a\n问,答\n", encoding="utf-8")
     with pytest.raises(UserError, match="missing column instruction, output for the alpaca form"):
         load_examples(tmp_path / "qa.csv", format="alpaca")
+
+
+@pytest.mark.slow
+def test_train_takes_a_dataset_and_the_run_asks_for_it_again(offline_datasets, tmp_path):
+    import kerasgemma as kg
+
+    dataset = offline_datasets.Dataset.from_list(ALPACA_ROWS * 2)
+    config = TrainConfig(
+        preset="tiny:gemma", sequence_length=48, batch_size=2, max_steps=2, eval_every=0,
+        validation_fraction=0.2, output_dir=str(tmp_path / "runs"),
+    )
+    run = kg.train(config, data=dataset, progress=False)
+    assert json.loads((run.run_dir / "config.json").read_text())["data"] == "python:train"
+    assert json.loads((run.run_dir / "data_report.json").read_text())["formats"] == {"train": "alpaca"}
+    assert (run.run_dir / "adapter.lora.h5").is_file()
+    with pytest.raises(UserError, match="pass it again"):
+        kg.load_run(run.run_dir, progress=False)
+    assert kg.load_run(run.run_dir, progress=False, data=dataset).run_dir == run.run_dir
