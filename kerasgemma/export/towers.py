@@ -20,6 +20,7 @@ only when the mel bins equal the first conv's channels, as in the real
 epsilon for every norm.
 """
 
+import keras_hub
 import numpy as np
 from keras import ops
 
@@ -173,8 +174,8 @@ def multimodal_config(architecture, backbone, tokenizer, text_config):
     raise ValueError(f"{architecture} has no multimodal transformers class.")
 
 
-def _numpy(tensor):
-    return np.asarray(ops.convert_to_numpy(tensor))
+def _is_gemma4(backbone):
+    return isinstance(backbone, keras_hub.models.Gemma4Backbone)
 
 
 def _audio_clipped(audio):
@@ -192,7 +193,7 @@ def tower_tensor_plan(backbone):
     """
     found = towers(backbone)
     weights = {}
-    if hasattr(backbone, "audio_encoder"):  # Gemma 4
+    if _is_gemma4(backbone):
         from keras_hub.src.utils.transformers.export import gemma4 as keras_hub_gemma4
 
         if "vision" in found:
@@ -208,7 +209,7 @@ def tower_tensor_plan(backbone):
             # Keras keeps the clipping bounds as (1,), transformers as ()
             # (keras-hub 0.32 writes (1,): transformers refuses the folder).
             shape = ()
-        plan.append((name, shape, lambda tensor=tensor, shape=shape: _numpy(tensor).reshape(shape)))
+        plan.append((name, shape, lambda tensor=tensor, shape=shape: ops.convert_to_numpy(tensor).reshape(shape)))
     return plan
 
 
@@ -232,17 +233,17 @@ def tower_outputs_keras(backbone, inputs):
     outputs = {}
     found = towers(backbone)
     if "vision" in found:
-        if hasattr(backbone, "audio_encoder"):
+        if _is_gemma4(backbone):
             out = found["vision"]({
                 "pixel_values": inputs["pixel_values"][None],
                 "pixel_position_ids": inputs["pixel_position_ids"][None],
             })
         else:
             out = found["vision"](inputs["images"][None])
-        outputs["vision"] = np.asarray(_numpy(out), np.float32).reshape(-1, backbone.hidden_dim)
+        outputs["vision"] = np.asarray(ops.convert_to_numpy(out), np.float32).reshape(-1, backbone.hidden_dim)
     if "audio" in found:
         out = found["audio"](inputs["audio_mel"], inputs["audio_mel_mask"])
-        outputs["audio"] = np.asarray(_numpy(out), np.float32).reshape(-1, backbone.hidden_dim)
+        outputs["audio"] = np.asarray(ops.convert_to_numpy(out), np.float32).reshape(-1, backbone.hidden_dim)
     return outputs
 
 
@@ -291,7 +292,7 @@ def random_tower_inputs(backbone, seed=0, audio_frames=32):
     inputs = {}
     if "vision" in found:
         vision = found["vision"]
-        if hasattr(backbone, "audio_encoder"):
+        if _is_gemma4(backbone):
             side = vision.image_size // vision.patch_size
             inputs["pixel_values"] = rng.random((1, side * side, 3 * vision.patch_size**2), dtype=np.float32)
             ys, xs = np.meshgrid(np.arange(side), np.arange(side), indexing="ij")

@@ -362,11 +362,9 @@ def mlx_limitation(config, longest):
     >>> mlx_limitation({"model_type": "gemma", "num_hidden_layers": 2}, 40) is None
     True
     """
-    # A ConditionalGeneration folder: mlx-lm runs its text_config's model.
-    config = dict(config.get("text_config") or {}, **{k: v for k, v in config.items() if k != "text_config"}) \
-        if "text_config" in config else config
-    model_type = {"gemma3": "gemma3_text", "gemma4": "gemma4_text"}.get(config["model_type"], config["model_type"])
-    layers = config["num_hidden_layers"]
+    if "text_config" in config:  # a ConditionalGeneration folder: mlx-lm runs its text model
+        config = {**config, **config["text_config"]}
+    model_type, layers = config["model_type"], config["num_hidden_layers"]
     if model_type == "gemma2" and longest > config["sliding_window"]:
         # Its Gemma 2 has no sliding window: past the window it must differ.
         return (
@@ -451,12 +449,12 @@ def _compare_prompts(causal_lm, model, tokenizer_dir, prompts, max_new_tokens, a
 
 def _check_mlx(folder, checks, prompt_ids, rounded_greedy, stop_ids, max_new_tokens, failures):
     """mlx-lm's greedy tokens on the folder vs transformers' on the same (rounded) weights: a status line."""
-    limitation = mlx_limitation(read_json(os.path.join(folder, HF_CONFIG)), max(map(len, prompt_ids)) + max_new_tokens)
+    config = read_json(os.path.join(folder, HF_CONFIG))
+    limitation = mlx_limitation(config, max(map(len, prompt_ids)) + max_new_tokens)
     if limitation:
         return f"skipped: {limitation}"
     try:
-        banned = media_placeholder_ids(read_json(os.path.join(folder, HF_CONFIG)))
-        mlx_tokens = mlx_greedy(folder, prompt_ids, max_new_tokens, stop_ids, banned)
+        mlx_tokens = mlx_greedy(folder, prompt_ids, max_new_tokens, stop_ids, media_placeholder_ids(config))
     except Exception as error:  # noqa: BLE001 - any mlx-lm error is a failed check, reported
         status = f"mlx-lm FAILED: {type(error).__name__}: {error}"
         failures.append(status)
