@@ -19,7 +19,7 @@ from kerasgemma.demo import SAMPLE_DATA
 from kerasgemma.model import enable_lora
 from kerasgemma.model import load_causal_lm
 from kerasgemma.training import checkpoint
-from kerasgemma.training.optimizer import INITIAL_LOSS_SCALE
+from kerasgemma.training import optimizer as optimizer_module
 from kerasgemma.training.optimizer import LOSS_SCALE_GROWTH_STEPS
 from kerasgemma.training.optimizer import loss_scale_index
 from kerasgemma.training.optimizer import make_optimizer
@@ -96,7 +96,7 @@ def test_float16_with_loss_scaling_trains_like_float32(float32_and_float16_lms):
     reference, _, _, _, _ = _train(lm32, batch, 6, loss_scaling=False)
     losses, state, optimizer, _, _ = _train(lm16, batch, 6, loss_scaling=True)
     assert all(np.isfinite(losses)) and losses[-1] < losses[0] - 0.05
-    # float16 rounding of weights and activations, nothing more: measured max 3e-4 here.
+    # float16 rounding of weights and activations, nothing more (measured up to 4e-5 here).
     np.testing.assert_allclose(losses, reference, rtol=0, atol=5e-3)
     assert float(state[1][loss_scale_index(optimizer)]) > 1.0
 
@@ -126,8 +126,12 @@ def _metrics(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # two runs of a tiny model: ~25 s
 def test_auto_on_a_t4_trains_float16_with_loss_scaling_and_resumes_exactly(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(precision, "default_device", lambda: FakeDevice("gpu", "Tesla T4", "7.5"))
+    # Keras' default initial scale, which overflows on this model's first step: the
+    # checkpoint then holds a scale (and growth counter) that differ from a fresh start.
+    monkeypatch.setattr(optimizer_module, "INITIAL_LOSS_SCALE", 2.0**15)
     config = TrainConfig(preset="tiny:gemma", data=str(SAMPLE_DATA), max_steps=4, save_every=2, eval_every=0,
                          keep_checkpoints=2, sequence_length=32, batch_size=2, learning_rate=1e-2,
                          output_dir=str(tmp_path), dtype="auto")
@@ -147,7 +151,7 @@ def test_auto_on_a_t4_trains_float16_with_loss_scaling_and_resumes_exactly(tmp_p
     last, first = checkpoint.list_checkpoints(run.run_dir)[::-1]
     uninterrupted = checkpoint.load_checkpoint(last)
     scale_at_2 = checkpoint.load_checkpoint(first)["optimizer"][run.trainer.loss_scale_index]
-    assert float(scale_at_2) != INITIAL_LOSS_SCALE  # a scale that changed: restoring it matters
+    assert float(scale_at_2) < 2.0**15  # halved by an overflow: restoring it matters
     checkpoint._remove(last)
     resumed = run_module.resume(run.run_dir, progress=False)
     again = checkpoint.load_checkpoint(checkpoint.latest_checkpoint(run.run_dir))

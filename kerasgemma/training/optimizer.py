@@ -7,9 +7,13 @@ around the AdamW (see `make_optimizer` and docs/facts.md#float16).
 import keras
 
 NO_DECAY_NAMES = ["bias", "scale", "embeddings", "gamma", "beta"]
-# Dynamic loss scaling for float16: start high (an overflow only costs a
-# skipped step and halves the scale), double after this many good steps.
-INITIAL_LOSS_SCALE = 2.0**15
+# Dynamic loss scaling for float16. The step differentiates the loss summed
+# over a micro-batch's tokens (not their mean), which already scales each
+# token's gradient by the token count; Keras' default 2**15 on top of that
+# overflowed on the first step of a tiny Gemma (a skipped step), 2**14 did
+# not (docs/facts.md#float16). An overflow costs one skipped step and halves
+# the scale; it doubles after this many good steps.
+INITIAL_LOSS_SCALE = 2.0**10
 LOSS_SCALE_GROWTH_STEPS = 2000
 
 
