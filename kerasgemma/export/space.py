@@ -53,7 +53,7 @@ def lora_bytes(backbone):
     >>> from kerasgemma.tiny import build_tiny_causal_lm
     >>> lm = build_tiny_causal_lm("gemma")
     >>> lm.backbone.enable_lora(2)
-    >>> lora_bytes(lm.backbone) == 4 * sum(v.size for v in lm.backbone.trainable_weights)
+    >>> lora_bytes(lm.backbone) == 4 * sum(math.prod(v.shape) for v in lm.backbone.trainable_weights)
     True
     """
     return sum(
@@ -107,7 +107,7 @@ def check_free_space(output_dir, needed, what):
     >>> check_free_space(tempfile.mkdtemp() + "/hf", 10**18, "an exabyte")
     Traceback (most recent call last):
     ...
-    kerasgemma.errors.UserError: not enough disk space for the export to ...: needs 1000000000.10 GB (an exabyte, plus 0.10 GB headroom), ... GB free.
+    kerasgemma.errors.UserError: not enough disk space for the export to ...: needs 1000000000.10 GB (an exabyte, plus 0.10 GB headroom), ... GB free in ....
     """
     folder = _existing_ancestor(output_dir)
     free = shutil.disk_usage(folder).free
