@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -12,8 +13,12 @@ from kerasgemma import cli
 from kerasgemma.commands import chat as chat_command
 from kerasgemma.commands.chat import converse
 from kerasgemma.config import TrainConfig
+from kerasgemma.data import generation_prompt
+from kerasgemma.export import export_merged
+from kerasgemma.generation import chat
 from kerasgemma.quiet import native_stderr_silenced
 from kerasgemma.run import train
+from kerasgemma.streaming import TokenStream
 
 NOISE = ("oneDNN", "cudart_stub", "absl::InitializeLog", "cuInit")
 
@@ -41,6 +46,15 @@ def chat_with(trained, monkeypatch):
     return trained
 
 
+@pytest.fixture
+def untrained_run(shared_tiny_lm, monkeypatch):
+    """`chat` answering from the shared tiny Gemma as if it were a run (no training: the fast tier's)."""
+    loaded = types.SimpleNamespace(causal_lm=shared_tiny_lm("gemma"), config=TrainConfig(preset="tiny:gemma"))
+    monkeypatch.setattr(chat_command, "load_run_to_stderr", lambda run_dir: loaded)
+    return loaded
+
+
+@pytest.mark.slow
 def test_eval_on_the_validation_rows_gives_the_runs_validation_loss(trained, tmp_path, capsys):
     run = trained
     validation = run.validation_examples
@@ -54,6 +68,7 @@ def test_eval_on_the_validation_rows_gives_the_runs_validation_loss(trained, tmp
     assert result["perplexity"] == pytest.approx(2.718281828 ** result["loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_eval_counts_completion_tokens_only_and_prints_a_table(trained, capsys):
     run = trained
     data = run.config.data
@@ -75,11 +90,41 @@ def test_eval_of_a_folder_that_is_no_run_is_one_line_and_exit_2(tmp_path, capsys
     assert error.count("\n") == 1 and "is not a run folder" in error
 
 
+def test_chat_prints_the_streamed_answer_to_the_templated_prompt(untrained_run, monkeypatch, capsys):
+    """The CLI's side of streaming (tests/test_streaming.py checks the tokens against `generate`)."""
+    calls = []
+    token_ids = TokenStream.token_ids
+
+    def recording(stream, prompt, max_new_tokens):
+        calls.append((prompt, max_new_tokens, list(token_ids(stream, prompt, max_new_tokens))))
+        yield from calls[-1][2]
+
+    monkeypatch.setattr(TokenStream, "token_ids", recording)
+    question = "3加3等于几？"
+    assert cli.main(["chat", "runs/x", "-p", question, "--max-new-tokens", "6"]) == 0
+    [(prompt, max_new_tokens, ids)] = calls
+    assert prompt == generation_prompt([{"role": "user", "content": question}]) and max_new_tokens == 6
+    assert 0 < len(ids) <= 6
+    tokenizer = untrained_run.causal_lm.preprocessor.tokenizer
+    assert capsys.readouterr().out == tokenizer.detokenize([ids])[0] + "\n"
+
+
+@pytest.mark.slow
 def test_chat_answers_each_prompt_like_the_run(chat_with, capsys):
     questions = ["3加3等于几？", "你好"]
     argv = ["chat", "runs/x", "-p", questions[0], "-p", questions[1], "--max-new-tokens", "4"]
     assert cli.main(argv) == 0
     assert capsys.readouterr().out == "".join(answer + "\n" for answer in chat_with.answer(questions))
+
+
+@pytest.mark.slow
+def test_chat_on_an_exported_folder_answers_through_transformers_like_keras(shared_tiny_lm, tmp_path, capsys):
+    lm = shared_tiny_lm("gemma3")
+    folder = export_merged(lm, tmp_path / "hf", dtype="float32")
+    question = "中国的首都是哪里？"
+    assert cli.main(["chat", str(folder), "-p", question, "--max-new-tokens", "6"]) == 0
+    # The folder's chat template is the training format, its float32 weights Keras' (greedy: same answer).
+    assert capsys.readouterr().out == chat(lm, [{"role": "user", "content": question}], max_new_tokens=6) + "\n"
 
 
 @pytest.mark.slow
@@ -109,6 +154,7 @@ def test_conversation_keeps_history_until_reset_and_ends_on_an_empty_line(capsys
 
     def answer(messages):
         seen.append([message["content"] for message in messages])
+        print(f"answer {len(seen)}")
         return f"answer {len(seen)}"
 
     assert converse(answer, Terminal("hi\nmore\n/reset\nagain\n\nnot read\n")) == 0

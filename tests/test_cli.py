@@ -17,7 +17,7 @@ EXPECTED_HELP = {
     "train": ["--config", "--preset", "--lora-rank", "--no-progress"],
     "resume": ["run_dir", "--no-progress"],
     "offline-model": ["--cache-dir", "--force"],
-    "chat": ["run_dir", "--prompt", "--max-new-tokens", "--sampler", "--temperature", "--top-k", "--top-p", "--seed"],
+    "chat": ["RUN_OR_FOLDER", "--prompt", "--max-new-tokens", "--sampler", "--temperature", "--top-k", "--top-p", "--seed"],
     "eval": ["run_dir", "FILE", "--json", "--format", "--columns", "--on-error"],
     "export": ["--weights", "--lora", "--adapter-only", "--dtype", "--no-verify", "--atol", "--no-mlx", "--push"],
 }
