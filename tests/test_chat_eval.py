@@ -17,26 +17,15 @@ from kerasgemma.data import generation_prompt
 from kerasgemma.export import export_merged
 from kerasgemma.generation import chat
 from kerasgemma.quiet import native_stderr_silenced
-from kerasgemma.run import train
 from kerasgemma.streaming import TokenStream
 
 NOISE = ("oneDNN", "cudart_stub", "absl::InitializeLog", "cuInit")
 
 
-def write_rows(path, count=12):
-    rows = [{"question": f"{i}加{i}等于几？", "human_answers": [f"{i}加{i}等于{2 * i}。"]} for i in range(count)]
-    path.write_text("\n".join(json.dumps(row, ensure_ascii=False) for row in rows) + "\n", encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A finished two-step tiny run (its model as trained: what `load_run` brings back)."""
-    folder = tmp_path_factory.mktemp("chat_eval")
-    config = TrainConfig(preset="tiny:gemma", data=str(write_rows(folder / "rows.jsonl")), sequence_length=48,
-                         batch_size=2, validation_fraction=0.2, learning_rate=1e-2, max_steps=2,
-                         max_new_tokens=4, output_dir=str(folder / "runs"))
-    return train(config, progress=False)
+@pytest.fixture
+def trained(trained_tiny_run):
+    """The session's trained tiny run (tests/conftest.py): slow tests only."""
+    return trained_tiny_run
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import write_sum_rows
 
 from kerasgemma.config import TrainConfig
 from kerasgemma.data.pipeline import prepare_data
@@ -16,14 +17,8 @@ HEAVY = ("keras", "keras_hub", "tensorflow", "jax", "torch")
 TEXTS = ["中国的首都是哪里？北京。", "The quick brown fox 123 龘😀", "<start_of_turn>user\n你好<end_of_turn>\n"]
 
 
-def write_rows(path, count=11):
-    rows = [{"question": f"{i}加{i}等于几？", "human_answers": [f"{i}加{i}等于{2 * i}。"]} for i in range(count)]
-    path.write_text("\n".join(json.dumps(row, ensure_ascii=False) for row in rows) + "\n", encoding="utf-8")
-    return path
-
-
 def test_data_command_imports_no_keras_tensorflow_or_jax(tmp_path):
-    rows = write_rows(tmp_path / "rows.jsonl")
+    rows = write_sum_rows(tmp_path / "rows.jsonl", 11)
     code = ("import sys; from kerasgemma import cli\n"
             f"code = cli.main(['data', {str(rows)!r}, '--json'])\n"
             f"print(code, sorted(m for m in {HEAVY!r} if m in sys.modules))")
@@ -35,7 +30,7 @@ def test_data_command_imports_no_keras_tensorflow_or_jax(tmp_path):
 
 @pytest.mark.parametrize("architecture", ["gemma3", "gemma4"])
 def test_tiny_preset_tokenizes_as_the_models_keras_hub_tokenizer(architecture, tmp_path):
-    config = TrainConfig(preset=f"tiny:{architecture}", data=str(write_rows(tmp_path / "rows.jsonl")),
+    config = TrainConfig(preset=f"tiny:{architecture}", data=str(write_sum_rows(tmp_path / "rows.jsonl", 11)),
                          sequence_length=64, template="gemma4" if architecture == "gemma4" else "gemma")
     without_keras = prepare_data(config)
     model_tokenizer = build_tiny_tokenizer(architecture, texts=without_keras.examples.texts())

@@ -43,6 +43,7 @@ def lora_lm():
     return lm
 
 
+@pytest.mark.slow  # ~20 s on 2 cores (building and running a keras_nlp model): over the fast tier's budget
 def test_keras_nlp_gemma_takes_lora_and_its_loss_follows_the_adapter(lora_lm):
     lm = lora_lm
     assert lm.trainable_variables and all("lora" in variable.path for variable in lm.trainable_variables)
