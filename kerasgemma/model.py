@@ -21,8 +21,8 @@ from kerasgemma.offline import build_offline_preset
 from kerasgemma.precision import resolve_dtype
 from kerasgemma.tiny import build_tiny_causal_lm
 from kerasgemma.tiny import build_tiny_tokenizer
+from kerasgemma.tiny_tokenizer import TINY_PREFIX
 
-TINY_PREFIX = "tiny:"
 OFFLINE_PRESET = "offline:gemma3_270m"
 
 # LoRA target groups by keras-hub layer name. Gemma 1/2/3/4 use the same
