@@ -17,7 +17,21 @@ Plain helpers (the Hub stand-in, LoRA export cases, subcommand parsing) are
 in tests/helpers.py; test modules must not import each other.
 """
 
-import pytest
+import os
+
+# XLA:CPU at LLVM -O0: the suite compiles hundreds of tiny programs and runs
+# each a few times, so code generation, not execution, is its cost. Measured
+# on 2 cores: tests/test_export_merged.py's fast tests 68.5 s -> 46.9 s of CPU,
+# tests/test_train_step.py 31.8 s -> 20.2 s. Execution is slower (a jitted
+# forward of the real Gemma 3 270M: +35%), so the real-model demo subprocess
+# (tests/test_demo.py) drops the flag. Set before JAX starts its backend;
+# subprocesses inherit it. Numerics: same ops, same float32 arithmetic; the
+# tests compare within tolerances or within one process.
+XLA_TEST_FLAG = "--xla_backend_optimization_level=0"
+if XLA_TEST_FLAG not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {XLA_TEST_FLAG}".strip()
+
+import pytest  # noqa: E402
 from helpers import TOKEN, HubStandIn, write_sum_rows
 
 from kerasgemma.config import TrainConfig
