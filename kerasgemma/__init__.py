@@ -8,6 +8,7 @@ Everything a notebook needs is here, one import away:
     run = kg.train(config)                                  # folder, model, losses
     folder, report = run.export()                           # merged HF folder, verified
     kg.push_to_hub(folder, "me/gemma-2b-zh")                # private repo
+    kg.push_to_kaggle(folder, "me/gemma-2b-zh/transformers/merged")  # Kaggle Models
 
 Or step by step: `kg.start_run(config)` returns a `Run` to `fit()`,
 `answer(questions)`, `save_lora()` and `export()`; `kg.resume(run_dir)`
@@ -34,6 +35,7 @@ from kerasgemma.export.verify import verify_export  # noqa: E402
 from kerasgemma.generation import chat  # noqa: E402
 from kerasgemma.generation import generate  # noqa: E402
 from kerasgemma.hub import push_to_hub  # noqa: E402
+from kerasgemma.kaggle_models import push_to_kaggle  # noqa: E402
 from kerasgemma.run import Run  # noqa: E402
 from kerasgemma.run import load_run  # noqa: E402
 from kerasgemma.run import plan_distribution  # noqa: E402
@@ -56,6 +58,7 @@ __all__ = [
     "plan_distribution",
     "prepare_data",
     "push_to_hub",
+    "push_to_kaggle",
     "resume",
     "start_run",
     "train",
