@@ -317,6 +317,19 @@ def test_install_cell_without_a_source_says_what_to_set(bare_kernel, tmp_path):
     assert not (bare_kernel / "kerasgemma").exists()
 
 
+@pytest.mark.slow
+def test_push_without_token_stops_before_training(kernel, tmp_path, monkeypatch):
+    """`hf_repo_id` set and no HF_TOKEN: the settings cell fails, before any data, model or run folder."""
+    from nbclient.exceptions import CellExecutionError
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no stored login either
+    parameters = cpu_parameters(tmp_path / "runs", install_package=False, hf_repo_id="me/gemma-zh")
+    with pytest.raises(CellExecutionError) as error:
+        run_cells(NOTEBOOKS[0], kernel, tmp_path, parameters, ("setup", "data", "run"))
+    assert "hf_repo_id = 'me/gemma-zh', but no Hugging Face token" in str(error.value)
+    assert not (tmp_path / "runs").exists()
+
+
 DISCONNECT_AFTER_STEP_2 = """
 import os
 _save = run.trainer.save
