@@ -330,6 +330,23 @@ def test_push_without_token_stops_before_training(kernel, tmp_path, monkeypatch)
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
+def test_install_cell_on_a_tpu_keeps_the_images_jax(bare_kernel, tmp_path, monkeypatch):
+    """The TPU branch (`TPU_NAME` set): the installed jax/jaxlib are pinned by constraints and stay as they are."""
+    import importlib.metadata
+
+    monkeypatch.setenv("TPU_NAME", "local-test")  # how the cell tells a TPU VM, besides /dev/accel* and /dev/vfio
+    checkout = copy_checkout(tmp_path / "checkout")
+    notebook = run_cells(NOTEBOOKS[0], KERNEL_NAME, tmp_path, cpu_parameters(tmp_path / "runs",
+                         package_source=str(checkout)), ("install",))
+    text = "".join(output.get("text", "") for output in notebook.cells[-1].outputs)
+    jax, jaxlib = importlib.metadata.version("jax"), importlib.metadata.version("jaxlib")
+    assert f"TPU: keeping the image's jax=={jax}, jaxlib=={jaxlib}" in text
+    assert f"installed from {checkout.as_uri()}" in text
+    assert (bare_kernel / "kerasgemma" / "__init__.py").is_file()
+    assert not list(bare_kernel.glob("jax-*.dist-info")) and not list(bare_kernel.glob("torch-*.dist-info"))
+
+
 DISCONNECT_AFTER_STEP_2 = """
 import os
 _save = run.trainer.save
