@@ -34,9 +34,12 @@ from kerasgemma.data.loading import ON_ERROR_CHOICES
 from kerasgemma.data.rows import ANSWER_CHOICES
 from kerasgemma.data.tokenize import LOSS_CHOICES
 from kerasgemma.data.tokenize import OVERFLOW_CHOICES
-from kerasgemma.distribution.strategy import KINDS
 from kerasgemma.errors import MissingFileError
 from kerasgemma.errors import UserError
+
+# Distribution kinds (`kerasgemma.distribution.strategy` imports them from here,
+# so that reading a config does not import jax and Keras).
+KINDS = ("auto", "data", "model", "none")
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 SCHEDULES = ("cosine", "linear", "constant")
@@ -64,8 +67,11 @@ class TrainConfig:
             …) and every Gemma 4 preset ("gemma4_2b", "gemma4_instruct_4b",
             "gemma4_26b_a4b", "gemma4_31b", …). Their vision/audio towers
             are loaded but get empty inputs, no LoRA and no gradient.
-        dtype: base-weight dtype, "auto" = bfloat16 on accelerators, float32
-            on CPU. LoRA weights are always float32.
+        dtype: base-weight dtype, "auto" = bfloat16 on TPUs and NVIDIA GPUs
+            of compute capability 8.0+, float16 with dynamic loss scaling on
+            older NVIDIA GPUs (T4, V100, P100), float32 on CPU
+            (`kerasgemma.precision`); a run saves the dtype it chose. LoRA
+            weights are always float32.
         data: a local file/folder, "hub" for Hello-SimpleAI/HC3-Chinese, or
             "hub:OWNER/NAME[:CONFIG][@SPLIT]" for any parquet/json Hub
             dataset (read through `datasets`). A `datasets.Dataset` goes to

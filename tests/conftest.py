@@ -18,8 +18,10 @@ in tests/helpers.py; test modules must not import each other.
 """
 
 import pytest
-from helpers import TOKEN, HubStandIn
+from helpers import TOKEN, HubStandIn, write_sum_rows
 
+from kerasgemma.config import TrainConfig
+from kerasgemma.run import train
 from kerasgemma.tiny import build_tiny_causal_lm, build_tiny_tokenizer_proto
 
 
@@ -43,6 +45,21 @@ def shared_tiny_lm():
         return models[architecture]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_run(tmp_path_factory):
+    """A finished two-step `tiny:gemma` run on 12 rows (`helpers.write_sum_rows`), for the whole session.
+
+    About 20 s of training on 2 cores: use it from slow tests (or make the
+    test slow). Read-only: do not train it further or change its folder;
+    its `Run` holds the model as trained (what `load_run` brings back).
+    """
+    folder = tmp_path_factory.mktemp("trained_tiny_run")
+    config = TrainConfig(preset="tiny:gemma", data=str(write_sum_rows(folder / "rows.jsonl")), sequence_length=48,
+                         batch_size=2, validation_fraction=0.2, learning_rate=1e-2, max_steps=2,
+                         max_new_tokens=4, output_dir=str(folder / "runs"))
+    return train(config, progress=False)
 
 
 @pytest.fixture(scope="session")

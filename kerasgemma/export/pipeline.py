@@ -7,6 +7,8 @@ import shutil
 from kerasgemma.export.adapter import export_adapter
 from kerasgemma.export.folder import scratch_folder
 from kerasgemma.export.merged import export_merged
+from kerasgemma.export.space import check_free_space
+from kerasgemma.export.space import export_bytes
 from kerasgemma.export.verify import verify_adapter
 from kerasgemma.export.verify import verify_merged
 from kerasgemma.export.weights import hf_tensor_shapes
@@ -38,6 +40,9 @@ def export_and_verify(
 
     An adapter is checked on a base folder exported to a temporary
     directory beside `output_dir` (frozen weights, `dtype`) and deleted after.
+    Before anything is written, the disk must have room for what the export
+    will hold at once (`kerasgemma.export.space.export_bytes`); else a
+    `UserError` gives the bytes needed and free and the folder.
 
     Args:
         causal_lm: the Keras causal LM (LoRA enabled for an adapter).
@@ -64,6 +69,7 @@ def export_and_verify(
     >>> report.passed
     True
     """
+    check_free_space(output_dir, *export_bytes(causal_lm, adapter_only, dtype, verify))
     bar = _tensor_progress(causal_lm, "writing") if progress else None
     if not adapter_only:
         log(f"writing merged {dtype} folder {output_dir}")

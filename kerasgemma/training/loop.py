@@ -18,9 +18,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from kerasgemma.distribution import shard_batch
+from kerasgemma.errors import TrainingDiverged
+from kerasgemma.errors import TrainingInterrupted
 from kerasgemma.errors import UserError
 from kerasgemma.training import checkpoint
 from kerasgemma.training.metrics import MetricsLog
+from kerasgemma.training.optimizer import computes_in_float16
+from kerasgemma.training.optimizer import loss_scale_index
 from kerasgemma.training.optimizer import make_optimizer
 from kerasgemma.training.optimizer import make_schedule
 from kerasgemma.training.step import make_eval_step
@@ -28,22 +32,14 @@ from kerasgemma.training.step import make_train_step
 from kerasgemma.training.step import stack_micro_batches
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+def perplexity(loss):
+    """`exp(loss)`, capped at exp(50) so a diverged loss still prints as a number.
 
-
-class TrainingInterrupted(Exception):
-    """SIGINT/SIGTERM stopped training after a whole step, whose checkpoint was saved.
-
-    Args:
-        signum: int. The signal received.
-        step: int. The last step run (and saved).
-        checkpoint: pathlib.Path. The checkpoint of that step.
+    Example:
+    >>> round(perplexity(1.0), 4)
+    2.7183
     """
-
-    def __init__(self, signum, step, checkpoint):
-        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}; saved {checkpoint}")
-        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+    return math.exp(min(loss, 50.0))
 
 
 class _StopRequest:
@@ -126,7 +122,12 @@ class Trainer:
         self.progress = progress
         self.steps_per_epoch = len(train_batches) // config.grad_accum_steps
         self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
-        self.optimizer = make_optimizer(config, self.total_steps, causal_lm.trainable_variables)
+        # float16 models train with dynamic loss scaling; its scale is logged
+        # as `loss_scale` with the losses (docs/facts.md#float16).
+        self.optimizer = make_optimizer(
+            config, self.total_steps, causal_lm.trainable_variables, loss_scaling=computes_in_float16(causal_lm)
+        )
+        self.loss_scale_index = loss_scale_index(self.optimizer)
         self.schedule = make_schedule(config, self.total_steps)  # for logging the rate of each step
         self.metrics = MetricsLog(run_dir)
         self._cursor, self._iterator = None, None
@@ -239,13 +240,20 @@ class Trainer:
         """Mean validation loss over loss-carrying tokens, and perplexity."""
         if not self.val_batches:
             return {}
+        loss, _ = self.mean_loss(self.val_batches)
+        return {"val_loss": loss, "val_perplexity": perplexity(loss)}
+
+    def mean_loss(self, batches):
+        """`(mean loss per loss-carrying token, number of those tokens)` of the model now on `batches`.
+
+        The validation loss of training, on any batches (`kerasgemma eval`).
+        """
         total, count = 0.0, 0.0
-        for batch in self.val_batches:
+        for batch in batches:
             batch_total, batch_count = self.eval_step(self.state[0], self.non_trainable, shard_batch(batch))
             total += float(batch_total)
             count += float(batch_count)
-        loss = total / max(count, 1.0)
-        return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 50.0))}
+        return total / max(count, 1.0), int(count)
 
     # -- the loop ---------------------------------------------------------
 
@@ -262,15 +270,16 @@ class Trainer:
         for (step, _, tokens), loss in zip(pending, losses):
             if not math.isfinite(loss):
                 raise TrainingDiverged(f"Training loss became {loss} at step {step}. " + self._last_good_checkpoint())
-            self.metrics.write(
-                {
-                    "step": step,
-                    "train_loss": loss,
-                    "learning_rate": float(self.schedule(step - 1)),
-                    "tokens": tokens,
-                    "tokens_per_second": tokens_per_second,
-                }
-            )
+            record = {
+                "step": step,
+                "train_loss": loss,
+                "learning_rate": float(self.schedule(step - 1)),
+                "tokens": tokens,
+                "tokens_per_second": tokens_per_second,
+            }
+            if self.loss_scale_index is not None and step == self.step:  # the scale after the newest step
+                record["loss_scale"] = float(self.state[1][self.loss_scale_index])
+            self.metrics.write(record)
         if pending:
             # Counted when finished, not when queued, so the ETA is honest;
             # tqdm adds elapsed time, ETA and steps/s to this postfix.
