@@ -8,6 +8,7 @@ Everything a notebook needs is here, one import away:
     run = kg.train(config)                                  # folder, model, losses
     folder, report = run.export()                           # merged HF folder, verified
     kg.push_to_hub(folder, "me/gemma-2b-zh")                # private repo
+    kg.push_to_kaggle(folder, "me/gemma-2b-zh/transformers/merged")  # Kaggle Models
 
 Or step by step: `kg.start_run(config)` returns a `Run` to `fit()`,
 `answer(questions)`, `save_lora()` and `export()`; `kg.resume(run_dir)`
@@ -43,6 +44,7 @@ _PUBLIC = {
     "chat": "kerasgemma.generation",
     "generate": "kerasgemma.generation",
     "push_to_hub": "kerasgemma.hub",
+    "push_to_kaggle": "kerasgemma.kaggle_models",
     "Run": "kerasgemma.run",
     "load_run": "kerasgemma.run",
     "plan_distribution": "kerasgemma.run",
@@ -79,6 +81,7 @@ __all__ = [
     "plan_distribution",
     "prepare_data",
     "push_to_hub",
+    "push_to_kaggle",
     "resume",
     "start_run",
     "train",
