@@ -29,6 +29,7 @@ from kerasgemma.data.chat_format import format_chat  # noqa: E402
 from kerasgemma.data.pipeline import prepare_data  # noqa: E402
 from kerasgemma.export.adapter import export_adapter  # noqa: E402
 from kerasgemma.export.convert import convert  # noqa: E402
+from kerasgemma.export.gguf_export import export_gguf  # noqa: E402
 from kerasgemma.export.merged import export_merged  # noqa: E402
 from kerasgemma.export.verify import verify_export  # noqa: E402
 from kerasgemma.generation import chat  # noqa: E402
@@ -49,6 +50,7 @@ __all__ = [
     "chat",
     "convert",
     "export_adapter",
+    "export_gguf",
     "export_merged",
     "format_chat",
     "generate",
