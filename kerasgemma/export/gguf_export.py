@@ -18,8 +18,10 @@ from kerasgemma.atomic import write_text_atomic
 from kerasgemma.export.folder import atomic_folder
 from kerasgemma.export.folder import scratch_folder
 from kerasgemma.export.gguf_layout import GGUF_TYPES
+from kerasgemma.export.gguf_layout import gguf_architecture
 from kerasgemma.export.gguf_verify import verify_gguf
 from kerasgemma.export.gguf_writer import write_gguf
+from kerasgemma.export.hf_config import hf_config
 from kerasgemma.export.merged import export_merged
 from kerasgemma.export.modelfile import modelfile
 from kerasgemma.export.tokenizer_files import stop_token_ids
@@ -80,6 +82,7 @@ def export_gguf(
     if gguf_type not in GGUF_TYPES:
         raise ValueError(f"gguf_type must be one of {sorted(GGUF_TYPES)}, got {gguf_type!r}.")
     tokenizer = causal_lm.preprocessor.tokenizer
+    gguf_architecture(hf_config(causal_lm.backbone, tokenizer))  # refuse Gemma 4 etc. before any work
     file_name = gguf_file_name(name, gguf_type)
     scratch = scratch_folder(output_dir, "gguf")
     try:
