@@ -41,7 +41,8 @@ def sentencepiece_vocabulary(folder, vocab_size):
     """`(tokens, scores, types)` as the converter's `_create_vocab_sentencepiece` builds them.
 
     Pieces come from `tokenizer.model`; the tokens `tokenizer_config.json`
-    declares as added and special become CONTROL with score -1000.
+    declares as added and special become CONTROL with score -1000, `<unk>`
+    included (as in Google's own Gemma GGUFs).
 
     Example:
     >>> import tempfile
@@ -53,7 +54,7 @@ def sentencepiece_vocabulary(folder, vocab_size):
     >>> tokens, scores, types = sentencepiece_vocabulary(folder, tokenizer.vocabulary_size())
     >>> turn = tokenizer.token_to_id("<start_of_turn>")
     >>> tokens[turn], scores[turn], types[turn], types[3]
-    (b'<start_of_turn>', -1000.0, 3, 2)
+    (b'<start_of_turn>', -1000.0, 3, 3)
     """
     import sentencepiece
 
