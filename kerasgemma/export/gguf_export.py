@@ -15,17 +15,14 @@ import os
 import shutil
 
 from kerasgemma.atomic import write_text_atomic
-from kerasgemma.export.folder import atomic_folder
-from kerasgemma.export.folder import scratch_folder
-from kerasgemma.export.gguf_layout import GGUF_TYPES
-from kerasgemma.export.gguf_layout import gguf_architecture
+from kerasgemma.export.folder import atomic_folder, scratch_folder
+from kerasgemma.export.gguf_layout import GGUF_TYPES, gguf_architecture
 from kerasgemma.export.gguf_verify import verify_gguf
 from kerasgemma.export.gguf_writer import write_gguf
 from kerasgemma.export.hf_config import hf_config
 from kerasgemma.export.merged import export_merged
 from kerasgemma.export.modelfile import modelfile
-from kerasgemma.export.tokenizer_files import stop_token_ids
-from kerasgemma.export.tokenizer_files import turn_markers
+from kerasgemma.export.tokenizer_files import stop_token_ids, turn_markers
 from kerasgemma.files import VERIFICATION_REPORT
 
 MODELFILE = "Modelfile"

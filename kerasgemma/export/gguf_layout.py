@@ -12,6 +12,9 @@ layouts that `kerasgemma.export.weights` produces (docs/facts.md#gguf-export):
 - 1-D tensors stay F32; 2-D ones take the file's type, and a row length
   that Q8_0's 32-wide blocks do not divide falls back to F16.
 
+`dequantized_hf_tensors` undoes it (float32, HF names, norms minus 1): the
+read-back check and the offline Gemma 3 270M (`kerasgemma.offline`) use it.
+
 llama.cpp then reads a Gemma 2 as sliding on even layers and a Gemma 3 as
 sliding except every 6th layer, with local RoPE base 10 000 and queries
 scaled by 1/sqrt(head_dim) (1/sqrt(hidden/heads) for the 27B sizes): a
@@ -197,3 +200,46 @@ def expected_tensor_names(architecture, num_layers):
         blocks = range(num_layers) if "{bid}" in template else [None]
         names.update(f"{template.format(bid=bid)}.weight" for bid in blocks)
     return names
+
+
+def dequantized_hf_tensors(reader, names, progress=None):
+    """`{hf_name: float32 array}` of a Gemma GGUF: dequantized, the 1 + w norms undone.
+
+    What `stored_tensor` wrote, read back as transformers' GGUF loader reads
+    it; `dequantize` returns NumPy (row-major) order, the reverse of the
+    GGUF's listed shape, which is HF's `[out_features, in_features]`.
+
+    Args:
+        reader: `gguf.GGUFReader`.
+        names: dict of GGUF tensor name -> HF tensor name, the tensors to read.
+        progress: callable or None. Wraps the list of names (e.g. tqdm).
+
+    Example:
+    >>> import os, tempfile, gguf
+    >>> import numpy as np
+    >>> names = {"output_norm.weight": "model.norm.weight", "token_embd.weight": "model.embed_tokens.weight"}
+    >>> arrays = {"model.norm.weight": np.full(32, 0.5, np.float32), "model.embed_tokens.weight": np.ones((2, 32))}
+    >>> path = os.path.join(tempfile.mkdtemp(), "m.gguf")
+    >>> writer = gguf.GGUFWriter(path, "gemma")
+    >>> for gguf_name, hf_name in names.items():
+    ...     data, qtype = stored_tensor(hf_name, arrays[hf_name], "q8_0")
+    ...     writer.add_tensor(gguf_name, data, raw_dtype=qtype)
+    >>> writer.write_header_to_file(); writer.write_kv_data_to_file(); writer.write_tensors_to_file(); writer.close()
+    >>> weights = dequantized_hf_tensors(gguf.GGUFReader(path), names)
+    >>> float(weights["model.norm.weight"][0]), weights["model.embed_tokens.weight"].shape
+    (0.5, (2, 32))
+    """
+    import gguf
+
+    tensors = {tensor.name: tensor for tensor in reader.tensors}
+    items = list(names.items())
+    weights = {}
+    for gguf_name, hf_name in progress(items) if progress is not None else items:
+        if gguf_name not in tensors:
+            raise ValueError(f"The GGUF has no tensor {gguf_name!r} ({hf_name}).")
+        tensor = tensors[gguf_name]
+        array = np.asarray(gguf.quants.dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
+        if is_norm(hf_name):
+            array = array - np.float32(1.0)
+        weights[hf_name] = np.ascontiguousarray(array)
+    return weights

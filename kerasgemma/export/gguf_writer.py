@@ -17,15 +17,11 @@ import json
 import os
 
 from kerasgemma.atomic import replacing
-from kerasgemma.export.gguf_layout import GGUF_TYPES
-from kerasgemma.export.gguf_layout import gguf_architecture
-from kerasgemma.export.gguf_layout import gguf_tensor_name
-from kerasgemma.export.gguf_layout import stored_tensor
+from kerasgemma.export.gguf_layout import (GGUF_TYPES, gguf_architecture,
+                                           gguf_tensor_name, stored_tensor)
 from kerasgemma.export.safetensors_io import read_weight_map
 from kerasgemma.export.tokenizer_files import END_OF_TURN
-from kerasgemma.files import HF_CONFIG
-from kerasgemma.files import TOKENIZER_CONFIG
-from kerasgemma.files import TOKENIZER_MODEL
+from kerasgemma.files import HF_CONFIG, TOKENIZER_CONFIG, TOKENIZER_MODEL
 
 # gguf.TokenType values, which are SentencePiece's piece types.
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
