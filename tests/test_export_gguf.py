@@ -72,6 +72,21 @@ def test_other_types_round_trip(gguf_type, tmp_path):
         assert report.rounded_max_abs_logits_diff == report.max_abs_logits_diff < 1e-5
 
 
+def test_special_ids_without_tokenizer_json(tmp_path):
+    """The real 270M's folder has no tokenizer.json: bos/eos/unk/pad ids still reach the GGUF."""
+    import gguf
+
+    lm = build_tiny_causal_lm("gemma3")
+    folder = export_merged(lm, tmp_path / "hf", dtype="float32")
+    os.remove(os.path.join(folder, "tokenizer.json"))
+    write_gguf(folder, tmp_path / "m.gguf", "f32")
+    fields = gguf.GGUFReader(tmp_path / "m.gguf").fields
+    tokenizer = lm.preprocessor.tokenizer
+    ids = {kind: int(fields[f"tokenizer.ggml.{key}_token_id"].contents())
+           for kind, key in (("bos", "bos"), ("eos", "eos"), ("unk", "unknown"), ("pad", "padding"))}
+    assert ids == {kind: tokenizer.token_to_id(f"<{kind}>") for kind in ids}
+
+
 def test_wrong_model_fails_verification(tmp_path):
     """The checks can fail: the GGUF against the model without its LoRA (tensors), read with another config (logits)."""
     lm = _lora("gemma")

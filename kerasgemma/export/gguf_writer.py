@@ -26,6 +26,8 @@ from kerasgemma.files import HF_CONFIG, TOKENIZER_CONFIG, TOKENIZER_MODEL
 # gguf.TokenType values, which are SentencePiece's piece types.
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 ADDED_TOKEN_SCORE = -1000.0
+# Special ids written as tokenizer.ggml.KIND_token_id.
+SPECIAL_KINDS = ("bos", "eos", "unk", "pad")
 
 
 def _read_json(folder, name):
@@ -129,7 +131,17 @@ def _add_vocabulary(writer, folder, vocab_size):
     writer.add_token_list(tokens)
     writer.add_token_scores(scores)
     writer.add_token_types(types)
-    gguf.SpecialVocab(folder, n_vocab=len(tokens)).add_to_gguf(writer, quiet=True)
+    special = gguf.SpecialVocab(folder, n_vocab=len(tokens))
+    # SpecialVocab maps token strings to ids through tokenizer.json, which a
+    # folder holds only where transformers' conversion gives the same ids
+    # (not the real Gemma 3 270M's); without it only config.json's ids are
+    # found (no unk). The rest come from tokenizer_config.json's strings.
+    named = _read_json(folder, TOKENIZER_CONFIG)
+    for kind in SPECIAL_KINDS:
+        content = named.get(f"{kind}_token")
+        if kind not in special.special_token_ids and isinstance(content, str) and content.encode() in tokens:
+            special.special_token_ids[kind] = tokens.index(content.encode())
+    special.add_to_gguf(writer, quiet=True)
     writer.add_add_space_prefix(False)
     end_of_turn = END_OF_TURN.encode("utf-8")
     if end_of_turn in tokens:
