@@ -24,7 +24,7 @@ from kerasgemma.export.tokenizer_files import END_OF_TURN
 from kerasgemma.files import HF_CONFIG, TOKENIZER_CONFIG, TOKENIZER_MODEL
 
 # gguf.TokenType values, which are SentencePiece's piece types.
-NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+CONTROL, USER_DEFINED, UNUSED = 3, 4, 5
 ADDED_TOKEN_SCORE = -1000.0
 # Special ids written as tokenizer.ggml.KIND_token_id.
 SPECIAL_KINDS = ("bos", "eos", "unk", "pad")
@@ -38,9 +38,14 @@ def _read_json(folder, name):
 def sentencepiece_vocabulary(folder, vocab_size):
     """`(tokens, scores, types)` as the converter's `_create_vocab_sentencepiece` builds them.
 
-    Pieces come from `tokenizer.model`; the tokens `tokenizer_config.json`
+    Pieces, scores and types come from `tokenizer.model` (SentencePiece's
+    piece types are GGUF's token types); the tokens `tokenizer_config.json`
     declares as added and special become CONTROL with score -1000, `<unk>`
-    included (as in Google's own Gemma GGUFs).
+    included (as in Google's own Gemma GGUFs). USER_DEFINED pieces (HTML
+    tags such as `<b>`) stay USER_DEFINED: the converter's SentencePiece
+    loop types them NORMAL and gets USER_DEFINED from the added tokens of
+    Google's `tokenizer_config.json`, which an exported folder lists only
+    for the special ones; typed NORMAL, `<b>` was split into characters.
 
     Example:
     >>> import tempfile
@@ -54,26 +59,18 @@ def sentencepiece_vocabulary(folder, vocab_size):
     >>> tokens[turn], scores[turn], types[turn], types[3]
     (b'<start_of_turn>', -1000.0, 3, 3)
     """
-    import sentencepiece
+    from sentencepiece import sentencepiece_model_pb2
 
-    processor = sentencepiece.SentencePieceProcessor()
-    processor.LoadFromFile(os.path.join(folder, TOKENIZER_MODEL))
+    model = sentencepiece_model_pb2.ModelProto()
+    with open(os.path.join(folder, TOKENIZER_MODEL), "rb") as file:
+        model.ParseFromString(file.read())
     tokens = [f"[PAD{i}]".encode() for i in range(vocab_size)]
     scores = [-10000.0] * vocab_size
     types = [UNUSED] * vocab_size
-    for index in range(min(processor.vocab_size(), vocab_size)):
-        tokens[index] = processor.IdToPiece(index).encode("utf-8")
-        scores[index] = processor.GetScore(index)
-        if processor.IsUnknown(index):
-            types[index] = UNKNOWN
-        elif processor.IsControl(index):
-            types[index] = CONTROL
-        elif processor.IsUnused(index):
-            types[index] = UNUSED
-        elif processor.IsByte(index):
-            types[index] = BYTE
-        else:
-            types[index] = NORMAL
+    for index, piece in enumerate(model.pieces[:vocab_size]):
+        tokens[index] = piece.piece.encode("utf-8")
+        scores[index] = piece.score
+        types[index] = piece.type
     added = _read_json(folder, TOKENIZER_CONFIG).get("added_tokens_decoder", {})
     for index, token in added.items():
         index = int(index)
