@@ -13,6 +13,9 @@ Thin wrapper over `kerasgemma.export` (the same flags as `kerasgemma export`):
     python export/convert_to_hf.py my_preset_dir out/hf --weights finetuned.weights.h5 \\
         --max-shard-size 1GB --push me/gemma-2b-zh
 
+    # A GGUF (Q8_0) + Ollama Modelfile for llama.cpp / Ollama, read back and verified
+    python export/convert_to_hf.py runs/20261128-101500 out/gguf --format gguf --gguf-type q8_0
+
     # Try it in seconds on a tiny random model
     python export/convert_to_hf.py tiny:gemma3 /tmp/hf --dtype float32
 

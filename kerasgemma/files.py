@@ -14,6 +14,7 @@ A run folder (`kerasgemma train`):
     adapter.lora.h5        the final LoRA matrices (keras-hub's format)
     lora.json              preset, rank, alpha and targets to reload them
     hf-merged/, hf-adapter/  exports made by `Run.export` (and the demo)
+    gguf/                  `Run.export_gguf`: NAME-TYPE.gguf, Modelfile
 
 An exported folder (`kerasgemma export`): `config.json`, safetensors shards
 and their index, tokenizer files, `generation_config.json`,
@@ -40,6 +41,7 @@ RUN_LOCK = ".lock"
 DEMO_REPORT = "demo_report.json"
 MERGED_DIR = "hf-merged"
 ADAPTER_DIR = "hf-adapter"
+GGUF_DIR = "gguf"
 
 # Checkpoints inside a run folder.
 CHECKPOINTS_DIR = "checkpoints"

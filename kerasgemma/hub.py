@@ -76,6 +76,28 @@ def dataset_id(run_config):
     return None, data
 
 
+def _serving(kind, repo_or_folder, base_model):
+    """The "Serve it" commands: vLLM / SGLang on the folder, llama.cpp / Ollama through a GGUF export."""
+    if kind == "adapter":
+        return f"""```bash
+vllm serve {base_model} --enable-lora --lora-modules finetuned={repo_or_folder}
+```"""
+    return f"""vLLM and SGLang pick the model class from `config.json`'s `architectures`:
+
+```bash
+vllm serve {repo_or_folder}
+python -m sglang.launch_server --model-path {repo_or_folder}
+```
+
+llama.cpp and Ollama run a GGUF, written and verified from the Keras run (Gemma 1-3):
+
+```bash
+kerasgemma export RUN_FOLDER out/gguf --format gguf --gguf-type q8_0
+llama-server -m out/gguf/model-Q8_0.gguf
+ollama create my-gemma -f out/gguf/Modelfile && ollama run my-gemma
+```"""
+
+
 def _verification_section(report):
     if report is None:
         return "Not verified (`--no-verify`)."
@@ -152,6 +174,7 @@ def model_card(folder, base_model, lora=None, run_config=None, training=None, re
         ]),
         "## Verification\n" + _verification_section(read_report(folder)),
         "## Usage\n" + _usage(kind, repo_id or os.path.abspath(folder), base_model),
+        "## Serve it\n" + _serving(kind, repo_id or os.path.abspath(folder), base_model),
         "## License\nGemma is provided under the [Gemma Terms of Use](https://ai.google.dev/gemma/terms); "
         "this derivative is subject to the same terms.",
     ]

@@ -27,6 +27,7 @@ from kerasgemma.data.pipeline import prepare_data
 from kerasgemma.errors import MissingFileError
 from kerasgemma.errors import UserError
 from kerasgemma.export.base_model import hf_base_model
+from kerasgemma.export.gguf_export import export_gguf
 from kerasgemma.export.pipeline import export_and_verify
 from kerasgemma.generation import chat
 from kerasgemma.hub import write_model_card
@@ -250,6 +251,18 @@ class Run:
             repo_id=repo_id,
         )
         return folder, report
+
+    def export_gguf(self, output_dir=None, gguf_type="f16", **export_args):
+        """Write the model (LoRA merged) as a verified GGUF + Ollama Modelfile; returns `(path, report)`.
+
+        Args:
+            output_dir: str or path. Default: `gguf/` in the run folder.
+            gguf_type: str. "f16" (default), "bf16", "q8_0" or "f32".
+            **export_args: passed to `kerasgemma.export_gguf` (name, verify,
+                max_new_tokens, atol, progress, log).
+        """
+        return export_gguf(self.causal_lm, str(output_dir or self.run_dir / files.GGUF_DIR),
+                           gguf_type=gguf_type, **export_args)
 
 
 def plan_distribution(config, verbose=True):

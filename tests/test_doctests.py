@@ -24,6 +24,9 @@ HF_EXPORT_EXAMPLES = {
     "kerasgemma.export.mlx_check",
     "kerasgemma.export.pipeline",
     "kerasgemma.export.verify",
+    "kerasgemma.export.gguf_export",
+    "kerasgemma.export.gguf_verify",
+    "kerasgemma.export.gguf_writer",
 }
 
 

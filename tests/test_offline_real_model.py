@@ -18,6 +18,7 @@ import keras_hub
 import numpy as np
 import pytest
 
+import kerasgemma as kg
 from kerasgemma.offline import OFFLINE_PRESET_NAME, build_offline_preset
 from kerasgemma.offline.gguf_file import import_gguf_package
 
@@ -123,3 +124,24 @@ def test_greedy_generation_matches_transformers(keras_lm, hf_reference):
     print(f"greedy: {keras_text!r}")
     assert keras_text == hf_text
     assert keras_text.startswith(prompt) and len(keras_text) > len(prompt)
+
+
+def test_gguf_export_with_lora_round_trips(offline_cache, tmp_path):
+    """The 270M with a non-zero LoRA, written as Q8_0 (blocks along HF rows: the layout-sensitive type) and read back."""
+    # Its own copy: LoRA must not leak into the session's `keras_lm`.
+    lm = keras_hub.models.Gemma3CausalLM.from_preset(offline_cache[1])
+    lm.backbone.enable_lora(4)
+    rng = np.random.default_rng(0)
+    for layer in lm.backbone._flatten_layers():
+        if getattr(layer, "lora_enabled", False):
+            layer.lora_kernel_b.assign(rng.normal(0, 0.01, layer.lora_kernel_b.shape))
+    start = time.perf_counter()
+    path, report = kg.export_gguf(lm, str(tmp_path / "gguf"), gguf_type="q8_0", prompts=[PROMPTS[1]],
+                                  max_new_tokens=4, log=print)
+    print(f"exported and verified in {time.perf_counter() - start:.1f} s, {os.path.getsize(path) / 2**20:.0f} MiB")
+    print(report.summary())
+    assert report.passed, report.summary()
+    # Every tensor is the Keras weight with its LoRA merged, as Q8_0, bit for bit; transformers' GGUF
+    # loader then gives the logits and greedy tokens of Keras holding those weights.
+    assert report.tensors_match and report.tokenizer_match and report.greedy_match
+    assert len(report.prompts[0].hf_greedy) == 4 and report.max_abs_logits_diff < LOGITS_ATOL

@@ -6,10 +6,15 @@
     kerasgemma export my_preset_dir out/hf --weights finetuned.weights.h5 --max-shard-size 1GB
     kerasgemma export runs/20261128-101500 out/hf --push me/gemma-zh   # private repo
     kerasgemma export tiny:gemma3 /tmp/hf --dtype float32             # tiny random model, seconds
+    kerasgemma export runs/20261128-101500 out/gguf --format gguf --gguf-type q8_0   # llama.cpp / Ollama
 
 The folder is checked against the Keras model with transformers (and mlx-lm
 when installed) unless `--no-verify`; a failed check exits 1 and is never
-pushed unless `--force-push`. OUTPUT_DIR must be new, empty or an earlier
+pushed unless `--force-push`. `--format gguf` writes OUT/model-TYPE.gguf (LoRA
+merged, as llama.cpp's converter writes it; Gemma 1-3) with an Ollama
+Modelfile, read back and compared with the Keras model (tensors bit for bit,
+tokenizer ids, logits within a per-type tolerance, greedy tokens);
+`ollama create NAME -f OUT/Modelfile` or `llama-server -m OUT/model-TYPE.gguf`. OUTPUT_DIR must be new, empty or an earlier
 export (replaced atomically); any other folder needs `--overwrite`, and the
 current folder or one holding SOURCE is always refused. A run that did not
 finish is exported from its newest good checkpoint. The Hub token comes from
@@ -20,9 +25,12 @@ never printed or written.
 import argparse
 
 import kerasgemma as kg
+from kerasgemma.export.gguf_layout import gguf_type_names
+from kerasgemma.export.gguf_verify import GGUF_ATOL
 
 
 DTYPES = ("bfloat16", "float16", "float32")
+FORMATS = ("hf", "gguf")
 
 
 def add_export_arguments(parser):
@@ -57,11 +65,16 @@ def add_export_arguments(parser):
                         "e.g. gemma_2b_en -> google/gemma-2b, else the preset).")
     output.add_argument("--dtype", default="bfloat16", choices=DTYPES,
                         help="Merged weight dtype (default bfloat16; adapters stay float32).")
+    output.add_argument("--format", default="hf", choices=FORMATS,
+                        help="hf: a transformers folder (default); gguf: a GGUF file + Ollama Modelfile.")
+    output.add_argument("--gguf-type", default="f16", choices=gguf_type_names(),
+                        help="GGUF tensor type (default f16; q8_0 is about half the size, lossy).")
     output.add_argument("--max-shard-size", default="2GB", help="Largest safetensors file (default 2GB).")
     check = parser.add_argument_group("verification")
     check.add_argument("--no-verify", action="store_true", help="Skip the transformers/mlx-lm check.")
     check.add_argument("--max-new-tokens", type=int, default=16, help="Greedy tokens compared (default 16).")
-    check.add_argument("--atol", type=float, default=1e-3, help="Max |Δlogits| allowed (default 1e-3).")
+    check.add_argument("--atol", type=float, help="Max |Δlogits| allowed (default 1e-3; GGUF: per type, "
+                       + ", ".join(f"{t} {a:g}" for t, a in GGUF_ATOL.items()) + ").")
     check.add_argument("--no-mlx", action="store_true", help="Skip the mlx-lm check.")
     hub = parser.add_argument_group("hub")
     hub.add_argument("--push", metavar="REPO_ID", help="Push the folder to this Hub repo (private by default).")
@@ -87,13 +100,16 @@ def add_parser(subparsers):
 
 def run(args, log=print):
     """Run an export from parsed arguments; returns the exit code (1 if verification failed)."""
+    # Without --atol each format keeps its own default tolerance.
+    tolerance = {} if args.atol is None else {"atol": args.atol}
     done = kg.convert(
         args.source, args.output_dir, lora=args.lora, weights=args.weights, lora_rank=args.lora_rank,
         lora_alpha=args.lora_alpha, lora_targets=args.lora_targets, adapter_only=args.adapter_only,
         base_model=args.base_model, overwrite=args.overwrite, push=args.push, public=args.public,
         force_push=args.force_push, hub_endpoint=args.hub_endpoint, log=log, dtype=args.dtype,
         max_shard_size=args.max_shard_size, verify=not args.no_verify, max_new_tokens=args.max_new_tokens,
-        atol=args.atol, check_mlx=not args.no_mlx, progress=not args.no_progress,
+        check_mlx=not args.no_mlx, progress=not args.no_progress, format=args.format,
+        gguf_type=args.gguf_type, **tolerance,
     )
     log(done.folder)
     if done.url:

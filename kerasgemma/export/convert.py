@@ -8,11 +8,14 @@ model card and pushes a folder that passed.
 
 import contextlib
 import dataclasses
+import functools
 import os
 
 from kerasgemma import hub
+from kerasgemma.errors import UserError
 from kerasgemma.export.base_model import hf_base_model
 from kerasgemma.export.folder import check_output_dir
+from kerasgemma.export.gguf_export import export_gguf
 from kerasgemma.export.pipeline import export_and_verify
 from kerasgemma.export.source import is_run_folder
 from kerasgemma.export.source import is_unfinished_run
@@ -34,6 +37,16 @@ class Conversion:
         return self.report is None or self.report.passed
 
 
+def _gguf_args(export_args):
+    # The HF-only options (dtype, shards, mlx-lm) do not apply to a GGUF.
+    args = {key: export_args[key] for key in ("verify", "max_new_tokens", "atol") if key in export_args}
+    if export_args.get("progress"):
+        import tqdm
+
+        args["progress"] = functools.partial(tqdm.tqdm, desc="tensors", unit="tensor")
+    return args
+
+
 def convert(
     source,
     output_dir,
@@ -50,6 +63,8 @@ def convert(
     force_push=False,
     hub_endpoint=None,
     log=print,
+    format="hf",
+    gguf_type="f16",
     **export_args,
 ):
     """Export a run folder, a preset, or a preset plus a LoRA/weights file to Hugging Face.
@@ -70,6 +85,9 @@ def convert(
         push: str or None. A Hub repo id to upload a verified folder to.
         public, force_push, hub_endpoint: see `kerasgemma.hub.push_to_hub`.
         log: callable for one-line status messages.
+        format: str. "hf" (a transformers folder) or "gguf" (a GGUF file and
+            an Ollama Modelfile, `kerasgemma.export.gguf_export`).
+        gguf_type: str. The GGUF's type: "f16", "bf16", "q8_0" or "f32".
         **export_args: dtype, max_shard_size, verify, max_new_tokens, atol,
             check_mlx, progress (see `export_and_verify`).
 
@@ -83,6 +101,8 @@ def convert(
     >>> done.passed, done.url
     (True, None)
     """
+    if format == "gguf" and (adapter_only or push):
+        raise UserError("--format gguf writes merged weights and is not pushed; drop --adapter-only / --push.")
     inputs = [path for path in (source, lora, weights) if path and os.path.exists(path)]
     check_output_dir(output_dir, protect=inputs, overwrite=overwrite)
     if push:
@@ -96,6 +116,12 @@ def convert(
         loaded = load_export_source(source, lora=lora, weights=weights, lora_rank=lora_rank,
                                     lora_alpha=lora_alpha, lora_targets=lora_targets, log=log)
         base_model = base_model or hf_base_model(loaded.preset)
+        if format == "gguf":
+            path, report = export_gguf(loaded.causal_lm, output_dir, gguf_type=gguf_type, log=log,
+                                       overwrite=overwrite, **_gguf_args(export_args))
+            if report is not None:
+                log(report.summary())
+            return Conversion(os.path.dirname(path), report)
         folder, report = export_and_verify(loaded.causal_lm, output_dir, adapter_only=adapter_only,
                                            base_model=base_model, log=log, overwrite=overwrite, **export_args)
     if report is not None:

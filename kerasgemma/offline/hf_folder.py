@@ -7,28 +7,28 @@ mapping GGUF tensors onto Keras variables by hand, this module only undoes
 what llama.cpp did when it wrote the GGUF, and lets keras-hub do the rest:
 
 - tensor names: GGUF names -> HF names, through `gguf`'s own name table;
-- quantization: `gguf.quants.dequantize` back to float32;
-- norm weights: llama.cpp stores Gemma's RMSNorm scales as 1 + w (Gemma
-  multiplies by 1 + w at run time; llama.cpp's kernels by the stored
-  value), so 1 is subtracted again, as transformers' GGUF loader does;
+- quantization and norm weights: `gguf.quants.dequantize` back to float32,
+  and 1 subtracted from the RMSNorm scales llama.cpp stores as 1 + w (Gemma
+  multiplies by 1 + w at run time; llama.cpp's kernels by the stored value),
+  as transformers' GGUF loader does: `gguf_layout.dequantized_hf_tensors`,
+  the same function that reads back kerasgemma's own GGUF exports;
 - config: the GGUF metadata, plus the Gemma 3 constants it does not store.
 
 llama.cpp permutes Q/K rows only for its Llama-family converter, not for
 Gemma, so no un-permutation is needed (the logits parity test checks this).
 """
 
+import functools
 import os
 
-import numpy as np
 from safetensors.numpy import save_file
 
 from kerasgemma.atomic import write_json_atomic
-from kerasgemma.files import HF_CONFIG
-from kerasgemma.files import SAFETENSORS_SINGLE
-from kerasgemma.files import TOKENIZER_MODEL
-from kerasgemma.offline.tokenizer import read_gguf_vocabulary
-from kerasgemma.offline.tokenizer import sentencepiece_proto
-
+from kerasgemma.export.gguf_layout import (dequantized_hf_tensors,
+                                           gguf_tensor_name)
+from kerasgemma.files import HF_CONFIG, SAFETENSORS_SINGLE, TOKENIZER_MODEL
+from kerasgemma.offline.tokenizer import (read_gguf_vocabulary,
+                                          sentencepiece_proto)
 
 # HF parameter names of one Gemma 3 decoder layer (without the `.weight`).
 LAYER_PARAMETERS = (
@@ -173,28 +173,17 @@ def hf_weights_from_gguf(reader, num_layers, progress=True):
     import gguf
     from tqdm.auto import tqdm
 
-    tensors = {tensor.name: tensor for tensor in reader.tensors}
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GEMMA3, num_layers)
-    weights = {}
-    for hf_name in tqdm(
-        hf_parameter_names(num_layers),
-        desc="Dequantizing GGUF",
-        disable=not progress,
-    ):
-        gguf_name = f"{names.get_name(hf_name)}.weight"
-        if gguf_name not in tensors:
-            raise ValueError(f"The GGUF has no tensor {gguf_name!r} ({hf_name}).")
-        tensor = tensors.pop(gguf_name)
-        # `dequantize` returns NumPy (row-major) order, the reverse of the
-        # GGUF's listed shape, which is HF's [out_features, in_features].
-        array = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
-        array = np.asarray(array, dtype=np.float32)
-        if hf_name.endswith("norm"):
-            array = array - 1.0
-        weights[f"{hf_name}.weight"] = np.ascontiguousarray(array)
-    if tensors:
-        raise ValueError(f"GGUF tensors left unmapped: {sorted(tensors)}.")
-    return weights
+    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GEMMA3, num_layers)
+    names = {
+        gguf_tensor_name(name_map, f"{name}.weight"): f"{name}.weight"
+        for name in hf_parameter_names(num_layers)
+    }
+    unmapped = {tensor.name for tensor in reader.tensors} - set(names)
+    if unmapped:
+        raise ValueError(f"GGUF tensors left unmapped: {sorted(unmapped)}.")
+    return dequantized_hf_tensors(
+        reader, names, progress=functools.partial(tqdm, desc="Dequantizing GGUF", disable=not progress)
+    )
 
 
 def write_hf_folder(gguf_file, folder, progress=True):
