@@ -10,10 +10,30 @@ Example:
 True
 """
 
-from kerasgemma.export.adapter import export_adapter
-from kerasgemma.export.hf_config import detect_architecture, hf_config
-from kerasgemma.export.merged import export_merged
-from kerasgemma.export.verify import VerificationReport, read_report, verify_export
+import importlib
+
+# Loaded on first use (PEP 562), as in `kerasgemma/__init__.py`: a leaf module
+# of this package (e.g. `gguf_layout`, which `kerasgemma.offline` reads GGUF
+# files with) must be importable without the verification stack, which
+# imports `kerasgemma.model` and, through it, `kerasgemma.offline` again.
+_PUBLIC = {
+    "export_adapter": "kerasgemma.export.adapter",
+    "detect_architecture": "kerasgemma.export.hf_config",
+    "hf_config": "kerasgemma.export.hf_config",
+    "export_merged": "kerasgemma.export.merged",
+    "VerificationReport": "kerasgemma.export.verify",
+    "read_report": "kerasgemma.export.verify",
+    "verify_export": "kerasgemma.export.verify",
+}
+
+
+def __getattr__(name):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'kerasgemma.export' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "VerificationReport",
