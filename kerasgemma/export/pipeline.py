@@ -7,6 +7,8 @@ import shutil
 from kerasgemma.export.adapter import export_adapter
 from kerasgemma.export.folder import scratch_folder
 from kerasgemma.export.merged import export_merged
+from kerasgemma.export.quantized import add_to_report
+from kerasgemma.export.quantized import export_source
 from kerasgemma.export.verify import verify_adapter
 from kerasgemma.export.verify import verify_merged
 from kerasgemma.export.weights import hf_tensor_shapes
@@ -38,6 +40,8 @@ def export_and_verify(
 
     An adapter is checked on a base folder exported to a temporary
     directory beside `output_dir` (frozen weights, `dtype`) and deleted after.
+    A model with a quantized base is exported and checked through its
+    dequantized float32 copy (`kerasgemma.export.quantized`).
 
     Args:
         causal_lm: the Keras causal LM (LoRA enabled for an adapter).
@@ -64,6 +68,16 @@ def export_and_verify(
     >>> report.passed
     True
     """
+    causal_lm, quantized = export_source(causal_lm, log)
+    folder, report = _export_and_verify(
+        causal_lm, output_dir, adapter_only, base_model, dtype, max_shard_size, verify, max_new_tokens, atol,
+        check_mlx, progress, log, overwrite,
+    )
+    return folder, add_to_report(report, quantized)
+
+
+def _export_and_verify(causal_lm, output_dir, adapter_only, base_model, dtype, max_shard_size, verify,
+                       max_new_tokens, atol, check_mlx, progress, log, overwrite):
     bar = _tensor_progress(causal_lm, "writing") if progress else None
     if not adapter_only:
         log(f"writing merged {dtype} folder {output_dir}")
