@@ -35,12 +35,9 @@ optimizer arrays (`kerasgemma.training.checkpoint`), `adapter.lora.h5` the
 LoRA matrices alone (`Backbone.save_lora_weights`), and a resume rebuilds
 the quantized base from the float preset (quantization is deterministic).
 
-Example:
->>> from kerasgemma.model import load_causal_lm
->>> lm = load_causal_lm("tiny:gemma")
->>> quantize_base(lm, "int8")
->>> quantization_mode(lm)
-'int8'
+Example (`dequantized_copy` shows a whole quantized model):
+>>> QUANTIZE_MODES, QUANTIZED_BITS["int4"]
+(('int8', 'int4'), 4.125)
 """
 
 import warnings

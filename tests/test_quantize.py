@@ -23,6 +23,7 @@ from test_train_run import losses
 from test_train_run import tiny_config
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("architecture,mode", [("gemma", "int8"), ("gemma3", "int4"), ("gemma4", "int8")])
 def test_dequantized_copy_computes_what_the_quantized_model_computes(architecture, mode):
     lm = load_causal_lm(f"tiny:{architecture}")

@@ -7,6 +7,7 @@ GPU by bench/memory.py.
 """
 
 import jax
+import pytest
 import numpy as np
 
 from kerasgemma.model import enable_lora
@@ -14,6 +15,7 @@ from kerasgemma.model import load_causal_lm
 from kerasgemma.training.step import summed_loss
 
 
+@pytest.mark.slow
 def test_remat_gives_equal_losses_and_gradients():
     lm = load_causal_lm("tiny:gemma3")
     enable_lora(lm, rank=2)
