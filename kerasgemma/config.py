@@ -66,8 +66,11 @@ class TrainConfig:
             …) and every Gemma 4 preset ("gemma4_2b", "gemma4_instruct_4b",
             "gemma4_26b_a4b", "gemma4_31b", …). Their vision/audio towers
             are loaded but get empty inputs, no LoRA and no gradient.
-        dtype: base-weight dtype, "auto" = bfloat16 on accelerators, float32
-            on CPU. LoRA weights are always float32.
+        dtype: base-weight dtype, "auto" = bfloat16 on TPUs and NVIDIA GPUs
+            of compute capability 8.0+, float16 with dynamic loss scaling on
+            older NVIDIA GPUs (T4, V100, P100), float32 on CPU
+            (`kerasgemma.precision`); a run saves the dtype it chose. LoRA
+            weights are always float32.
         quantize: None, "int8" or "int4": store the frozen base weights
             quantized (weight-only, Keras' `quantize`), QLoRA-style; compute
             and LoRA stay in `dtype`/float32. See `kerasgemma.quantization`.

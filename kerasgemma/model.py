@@ -18,6 +18,7 @@ from keras_hub.src.utils.preset_utils import load_json
 
 from kerasgemma.errors import UserError
 from kerasgemma.offline import build_offline_preset
+from kerasgemma.precision import resolve_dtype
 from kerasgemma.tiny import build_tiny_causal_lm
 from kerasgemma.tiny import build_tiny_tokenizer
 
@@ -41,23 +42,6 @@ LORA_TARGET_GROUPS = {
 }
 
 
-def resolve_dtype(dtype):
-    """Pick the weight dtype: "auto" means bfloat16 on GPU/TPU, float32 on CPU.
-
-    bfloat16 base weights train twice as fast in half the memory of float32
-    on an H100 (docs/facts.md#precision); on CPU bfloat16 matmuls are slow.
-
-    Example:
-    >>> resolve_dtype("float32")
-    'float32'
-    """
-    if dtype != "auto":
-        return dtype
-    import jax
-
-    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
-
-
 def load_causal_lm(preset, dtype="auto", sequence_length=None, texts=()):
     """Load a keras-hub Gemma causal LM.
 
@@ -65,7 +49,7 @@ def load_causal_lm(preset, dtype="auto", sequence_length=None, texts=()):
         preset: str. A keras-hub preset (Kaggle name, `kaggle://`, `hf://`,
             local folder), `tiny:<gemma|gemma2|gemma3|gemma4|gemma4-moe>` or
             `offline:gemma3_270m`.
-        dtype: str. Weight dtype policy, or "auto" (see `resolve_dtype`).
+        dtype: str. Weight dtype policy, or "auto" (see `kerasgemma.precision`).
         sequence_length: int or None. Preprocessor sequence length.
         texts: iterable of str. Tiny models only: extra tokenizer text.
 

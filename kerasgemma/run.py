@@ -33,6 +33,8 @@ from kerasgemma.model import TINY_PREFIX
 from kerasgemma.model import enable_lora
 from kerasgemma.model import load_causal_lm
 from kerasgemma.model import lora_settings
+from kerasgemma.precision import AUTO
+from kerasgemma.precision import auto_dtype
 from kerasgemma.quantization import quantize_base
 from kerasgemma.run_lock import run_lock
 from kerasgemma.training import checkpoint
@@ -83,6 +85,29 @@ def check_writable(folder):
     free = shutil.disk_usage(folder).free
     if free < MIN_FREE_BYTES:
         raise UserError(f"Only {free / 2**20:.0f} MiB free on the disk of {folder}; need at least 100 MiB.")
+
+
+def resolve_precision(config, log=print):
+    """`config` with `dtype="auto"` replaced by the dtype chosen for this device; logs the choice and why.
+
+    The run folder's config.json then holds the dtype the run trains in, so
+    a resume (on this machine or another) trains in the same one, with the
+    same optimizer state (float16 adds the loss scale to it).
+
+    Example:
+    >>> from kerasgemma.config import TrainConfig
+    >>> resolve_precision(TrainConfig(dtype="auto")).dtype
+    Precision: float32 base weights, float32 LoRA (dtype auto: CPU: bfloat16 matmuls are slow there).
+    'float32'
+    """
+    if config.dtype == AUTO:
+        dtype, reason = auto_dtype()
+        reason = f"dtype auto: {reason}"
+    else:
+        dtype, reason = config.dtype, "given"
+    scaling = " with dynamic loss scaling" if dtype == "float16" else ""
+    log(f"Precision: {dtype} base weights, float32 LoRA{scaling} ({reason}).")
+    return dataclasses.replace(config, dtype=dtype)
 
 
 def build_model(config, texts=()):
@@ -157,6 +182,7 @@ class Run:
     >>> config = TrainConfig(preset="tiny:gemma3", data=str(SAMPLE_DATA), max_steps=1,
     ...                      sequence_length=64, output_dir=tempfile.mkdtemp())
     >>> run = start_run(config, progress=False)
+    Precision: float32 base weights, ...
     Devices: ...
     >>> run.fit()["step"], run.save_lora().name
     (1, 'adapter.lora.h5')
@@ -297,7 +323,7 @@ def start_run(config, run_dir=None, progress=True, examples=None, data=None):
     `"python:SPLIT"`, and `load_run`/`resume` need the same `data` again.
     """
     config, examples = _with_python_data(config, data, examples, progress)
-    config.validate()
+    config = resolve_precision(config.validate())
     run_dir, created = _new_run_folder(config, run_dir)
     return _start_in(config, run_dir, created, progress, examples)
 
@@ -311,7 +337,7 @@ def train(config, run_dir=None, progress=True, data=None):
     of racing.
     """
     config, examples = _with_python_data(config, data, None, progress)
-    config.validate()
+    config = resolve_precision(config.validate())
     run_dir, created = _new_run_folder(config, run_dir)
     with run_lock(run_dir, "train"):
         run = _start_in(config, run_dir, created, progress, examples)

@@ -26,6 +26,8 @@ import keras
 
 from kerasgemma.distribution.devices import DeviceInfo
 from kerasgemma.distribution.devices import detect_devices
+from kerasgemma.distribution.host import host_device
+from kerasgemma.distribution.host import on_host
 from kerasgemma.distribution.layout import FittedModelParallel
 from kerasgemma.distribution.layout import data_parallel_degree
 from kerasgemma.distribution.layout import gemma3_layout_map
@@ -40,7 +42,7 @@ from kerasgemma.distribution.strategy import DistributionError
 from kerasgemma.distribution.strategy import Strategy
 from kerasgemma.distribution.strategy import choose_strategy
 from kerasgemma.distribution.strategy import parse_mesh
-from kerasgemma.model import resolve_dtype
+from kerasgemma.precision import resolve_dtype
 
 
 def plan(preset, dtype, batch_size, distribution="auto", mesh=None, devices=None, verbose=True):
@@ -103,10 +105,12 @@ __all__ = [
     "configure",
     "detect_devices",
     "estimate_param_bytes",
+    "host_device",
     "gemma3_layout_map",
     "layout_map",
     "data_parallel_degree",
     "make_distribution",
+    "on_host",
     "pad_to_replicas",
     "parse_mesh",
     "plan",

@@ -31,10 +31,12 @@ import dataclasses
 import json
 import os
 
+import jax
 import numpy as np
 
 from kerasgemma.atomic import read_json
 from kerasgemma.atomic import write_text_atomic
+from kerasgemma.distribution.host import on_host
 from kerasgemma.errors import UserError
 from kerasgemma.export.mlx_check import mlx_greedy
 from kerasgemma.export.safetensors_io import cast
@@ -145,13 +147,16 @@ class VerificationReport:
         return json.dumps(dataclasses.asdict(self), indent=2, ensure_ascii=False)
 
 
-def float32_reference(causal_lm):
-    """`causal_lm` with the same weights (and LoRA) held in float32.
+def float32_reference(causal_lm, log=print):
+    """`causal_lm` with the same weights (and LoRA) held in float32, on the host CPU.
 
     A bfloat16 Keras model computes in bfloat16, so its own logits sit
     ~1e-2 from any float32 run of the same weights (measured 0.015 on a
     tiny Gemma 3): too far for a 1e-3 check. The copy costs a float32 model
-    of host memory (2x a bfloat16 model) for the duration of the check.
+    of host memory (2x a bfloat16 model) for the duration of the check. It
+    is built under `kerasgemma.distribution.on_host`, with every weight
+    committed to the CPU device, so training's distribution never
+    replicates it on the accelerators and `keras_forward` runs it on the CPU.
 
     Example:
     >>> from kerasgemma.tiny import build_tiny_causal_lm
@@ -161,19 +166,21 @@ def float32_reference(causal_lm):
     {'float32'}
     """
     backbone = causal_lm.backbone
-    copy = type(backbone).from_config(dict(backbone.get_config(), dtype="float32"))
-    for source, target in zip(
-        backbone._flatten_layers(include_self=False), copy._flatten_layers(include_self=False)
-    ):
-        if getattr(source, "lora_enabled", False):
-            target.enable_lora(source.lora_rank, lora_alpha=source.lora_alpha)
-    if len(copy.weights) != len(backbone.weights):
-        raise RuntimeError("The float32 copy does not have the model's variables.")
-    for source, target in zip(backbone.weights, copy.weights):
-        if tuple(source.shape) != tuple(target.shape):
-            raise RuntimeError(f"Variable {source.path} does not match its float32 copy.")
-        target.assign(np.asarray(source.numpy(), dtype=np.float32))
-    return type(causal_lm)(backbone=copy, preprocessor=causal_lm.preprocessor)
+    with on_host(log=log) as device:
+        copy = type(backbone).from_config(dict(backbone.get_config(), dtype="float32"))
+        for source, target in zip(
+            backbone._flatten_layers(include_self=False), copy._flatten_layers(include_self=False)
+        ):
+            if getattr(source, "lora_enabled", False):
+                target.enable_lora(source.lora_rank, lora_alpha=source.lora_alpha)
+        if len(copy.weights) != len(backbone.weights):
+            raise RuntimeError("The float32 copy does not have the model's variables.")
+        for source, target in zip(backbone.weights, copy.weights):
+            if tuple(source.shape) != tuple(target.shape):
+                raise RuntimeError(f"Variable {source.path} does not match its float32 copy.")
+            # Committed to the host: a jitted call on these runs there too.
+            target.assign(jax.device_put(np.asarray(source.numpy(), dtype=np.float32), device))
+        return type(causal_lm)(backbone=copy, preprocessor=causal_lm.preprocessor)
 
 
 def keras_forward(causal_lm, length):
@@ -184,7 +191,6 @@ def keras_forward(causal_lm, length):
     every new sequence length (12 greedy steps of a tiny model took 65 s).
     Causal attention makes the padding invisible to the real positions.
     """
-    import jax
 
     trainable = [v.value for v in causal_lm.trainable_variables]
     non_trainable = [v.value for v in causal_lm.non_trainable_variables]

@@ -21,6 +21,8 @@ from kerasgemma.distribution import shard_batch
 from kerasgemma.errors import UserError
 from kerasgemma.training import checkpoint
 from kerasgemma.training.metrics import MetricsLog
+from kerasgemma.training.optimizer import computes_in_float16
+from kerasgemma.training.optimizer import loss_scale_index
 from kerasgemma.training.optimizer import make_optimizer
 from kerasgemma.training.optimizer import make_schedule
 from kerasgemma.training.step import make_eval_step
@@ -126,7 +128,12 @@ class Trainer:
         self.progress = progress
         self.steps_per_epoch = len(train_batches) // config.grad_accum_steps
         self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
-        self.optimizer = make_optimizer(config, self.total_steps, causal_lm.trainable_variables)
+        # float16 models train with dynamic loss scaling; its scale is logged
+        # as `loss_scale` with the losses (docs/facts.md#float16).
+        self.optimizer = make_optimizer(
+            config, self.total_steps, causal_lm.trainable_variables, loss_scaling=computes_in_float16(causal_lm)
+        )
+        self.loss_scale_index = loss_scale_index(self.optimizer)
         self.schedule = make_schedule(config, self.total_steps)  # for logging the rate of each step
         self.metrics = MetricsLog(run_dir)
         self._cursor, self._iterator = None, None
@@ -263,15 +270,16 @@ class Trainer:
         for (step, _, tokens), loss in zip(pending, losses):
             if not math.isfinite(loss):
                 raise TrainingDiverged(f"Training loss became {loss} at step {step}. " + self._last_good_checkpoint())
-            self.metrics.write(
-                {
-                    "step": step,
-                    "train_loss": loss,
-                    "learning_rate": float(self.schedule(step - 1)),
-                    "tokens": tokens,
-                    "tokens_per_second": tokens_per_second,
-                }
-            )
+            record = {
+                "step": step,
+                "train_loss": loss,
+                "learning_rate": float(self.schedule(step - 1)),
+                "tokens": tokens,
+                "tokens_per_second": tokens_per_second,
+            }
+            if self.loss_scale_index is not None and step == self.step:  # the scale after the newest step
+                record["loss_scale"] = float(self.state[1][self.loss_scale_index])
+            self.metrics.write(record)
         if pending:
             # Counted when finished, not when queued, so the ETA is honest;
             # tqdm adds elapsed time, ETA and steps/s to this postfix.

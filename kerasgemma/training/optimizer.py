@@ -1,8 +1,20 @@
-"""AdamW with warmup + decay, clipping, and no weight decay on norms/biases/embeddings."""
+"""AdamW with warmup + decay, clipping, and no weight decay on norms/biases/embeddings.
+
+A model computing in float16 trains through Keras' `LossScaleOptimizer`
+around the AdamW (see `make_optimizer` and docs/facts.md#float16).
+"""
 
 import keras
 
 NO_DECAY_NAMES = ["bias", "scale", "embeddings", "gamma", "beta"]
+# Dynamic loss scaling for float16. The step differentiates the loss summed
+# over a micro-batch's tokens (not their mean), which already scales each
+# token's gradient by the token count; Keras' default 2**15 on top of that
+# overflowed on the first step of a tiny Gemma (a skipped step), 2**14 did
+# not (docs/facts.md#float16). An overflow costs one skipped step and halves
+# the scale; it doubles after this many good steps.
+INITIAL_LOSS_SCALE = 2.0**10
+LOSS_SCALE_GROWTH_STEPS = 2000
 
 
 class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
@@ -58,7 +70,18 @@ def make_schedule(config, total_steps):
     return WarmupDecay(config.learning_rate, config.warmup_steps, total_steps, config.schedule)
 
 
-def make_optimizer(config, total_steps, trainable_variables):
+def computes_in_float16(causal_lm):
+    """Whether `causal_lm` computes in float16 (and so needs loss scaling).
+
+    Example:
+    >>> from kerasgemma.tiny import build_tiny_causal_lm
+    >>> computes_in_float16(build_tiny_causal_lm("gemma", dtype="float16"))
+    True
+    """
+    return causal_lm.backbone.dtype_policy.compute_dtype == "float16"
+
+
+def make_optimizer(config, total_steps, trainable_variables, loss_scaling=False):
     """Build AdamW for `config` and create its variables.
 
     Weight decay is off for biases, norm scales and embeddings (they are
@@ -66,6 +89,14 @@ def make_optimizer(config, total_steps, trainable_variables):
     `NO_DECAY_NAMES` as substrings of `variable.name`, which for keras-hub
     Gemma is the bare weight name: "embeddings", "scale" (RMS norms),
     "kernel", "lora_kernel_a"/"lora_kernel_b" (decayed, as in PEFT).
+
+    `loss_scaling` wraps it in `keras.optimizers.LossScaleOptimizer`: the
+    train step multiplies the loss by the current scale, and the optimizer
+    unscales the gradients, skips the update and halves the scale when one
+    of them is not finite, and doubles the scale after
+    `LOSS_SCALE_GROWTH_STEPS` good steps. Its scale and counter are two more
+    optimizer variables, so a checkpoint saves them and a resume restores
+    them exactly.
 
     Example:
     >>> from kerasgemma.config import TrainConfig
@@ -80,5 +111,24 @@ def make_optimizer(config, total_steps, trainable_variables):
         global_clipnorm=config.max_grad_norm,
     )
     optimizer.exclude_from_weight_decay(var_names=NO_DECAY_NAMES)
+    if loss_scaling:
+        optimizer = keras.optimizers.LossScaleOptimizer(
+            optimizer, initial_scale=INITIAL_LOSS_SCALE, dynamic_growth_steps=LOSS_SCALE_GROWTH_STEPS
+        )
     optimizer.build(trainable_variables)
     return optimizer
+
+
+def loss_scale_index(optimizer):
+    """Position of the loss scale in `optimizer.variables`, or None without loss scaling.
+
+    Example:
+    >>> from kerasgemma.config import TrainConfig
+    >>> optimizer = make_optimizer(TrainConfig(), 10, [keras.Variable([1.0])], loss_scaling=True)
+    >>> optimizer.variables[loss_scale_index(optimizer)].name
+    'dynamic_scale'
+    """
+    scale = getattr(optimizer, "dynamic_scale", None)
+    if scale is None:
+        return None
+    return next(i for i, variable in enumerate(optimizer.variables) if variable is scale)

@@ -5,6 +5,11 @@ state, so it can be jitted with donated buffers and no host sync. Gradient
 accumulation is exact: the loss of k micro-batches is the summed loss over
 every loss-carrying token divided by their total count, the same number one
 batch k times larger gives.
+
+With a `LossScaleOptimizer` (float16 models) the loss is multiplied by the
+scale held in the optimizer state before differentiation, so float16
+gradients inside the model do not underflow; the optimizer unscales them
+(docs/facts.md#float16).
 """
 
 import jax
@@ -14,6 +19,7 @@ import numpy as np
 from kerasgemma.forward import cross_entropy
 from kerasgemma.forward import logits_fn
 from kerasgemma.forward import per_token_loss
+from kerasgemma.training.optimizer import loss_scale_index
 
 
 def summed_loss(causal_lm, trainable, non_trainable, batch, fused_loss=True, remat="none"):
@@ -55,22 +61,26 @@ def make_train_step(causal_lm, optimizer, fused_loss=True, state_shardings=None,
     axis (see `stack_micro_batches`). `fused_loss`: see `summed_loss`.
     `state_shardings` pins the new state to the layout of the old one: under
     model parallel XLA may otherwise lay out the optimizer moments anew after
-    the first step, which costs a second compilation.
+    the first step, which costs a second compilation. The loss returned is
+    never scaled.
     """
+    scale_index = loss_scale_index(optimizer)
 
-    def grad_fn(trainable, non_trainable, batch):
+    def grad_fn(trainable, non_trainable, batch, loss_scale):
         def loss(values):
-            return summed_loss(causal_lm, values, non_trainable, batch, fused_loss, remat)
+            total, count = summed_loss(causal_lm, values, non_trainable, batch, fused_loss, remat)
+            return total * loss_scale, (total, count)
 
-        (total, count), grads = jax.value_and_grad(loss, has_aux=True)(trainable)
+        (_, (total, count)), grads = jax.value_and_grad(loss, has_aux=True)(trainable)
         return total, count, grads
 
     def step(state, non_trainable, micro_batches):
         trainable, optimizer_variables = state
+        loss_scale = 1.0 if scale_index is None else optimizer_variables[scale_index]
 
         def accumulate(carry, batch):
             total, count, grads = carry
-            batch_total, batch_count, batch_grads = grad_fn(trainable, non_trainable, batch)
+            batch_total, batch_count, batch_grads = grad_fn(trainable, non_trainable, batch, loss_scale)
             grads = jax.tree.map(jnp.add, grads, batch_grads)
             return (total + batch_total, count + batch_count, grads), None
 
