@@ -7,6 +7,7 @@ Examples:
     kerasgemma resume runs/20261128-101500
     kerasgemma offline-model              # build the bundled Gemma 3 270M preset
     kerasgemma export RUN_OR_PRESET OUT   # Hugging Face folder + PEFT adapter
+    kerasgemma plan --preset gemma_2b_en --device t4   # memory per device, a setting that fits
 
 A mistake in the input (a bad setting, a missing file, a bad data row) is
 printed as one line and exits with status 2; `--debug` shows the traceback.
@@ -19,13 +20,14 @@ from kerasgemma.commands import data as data_command
 from kerasgemma.commands import demo as demo_command
 from kerasgemma.commands import export as export_command
 from kerasgemma.commands import offline_model as offline_model_command
+from kerasgemma.commands import plan as plan_command
 from kerasgemma.commands import train as train_command
 from kerasgemma.errors import EXIT_USER_ERROR
 from kerasgemma.errors import UserError
 from kerasgemma.training.loop import TrainingDiverged
 from kerasgemma.training.loop import TrainingInterrupted
 
-COMMANDS = (demo_command, data_command, train_command, offline_model_command, export_command)
+COMMANDS = (demo_command, data_command, train_command, offline_model_command, export_command, plan_command)
 
 
 def make_parser():

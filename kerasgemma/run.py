@@ -119,8 +119,10 @@ def build_model(config, texts=()):
     (deterministic, so a resume rebuilds the same quantized base) before
     LoRA is added.
     """
+    memory = dict(quantize=config.quantize, remat=config.remat, sequence_length=config.sequence_length,
+                  lora_rank=config.lora_rank, lora_targets=config.lora_targets)
     strategy, architecture = distribution.plan(
-        config.preset, config.dtype, config.batch_size, config.distribution, config.mesh
+        config.preset, config.dtype, config.batch_size, config.distribution, config.mesh, memory=memory
     )
     _, backbone_config = distribution.preset_backbone_config(config.preset)
     distribution.configure(strategy, architecture, backbone_config.get("num_key_value_heads"))

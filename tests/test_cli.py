@@ -8,7 +8,7 @@ import pytest
 
 from kerasgemma.cli import make_parser
 
-SUBCOMMANDS = ["demo", "data", "train", "resume", "offline-model", "export"]
+SUBCOMMANDS = ["demo", "data", "train", "resume", "offline-model", "export", "plan"]
 
 # Flags (and positionals) each subcommand's --help must show, besides --help.
 EXPECTED_HELP = {
@@ -17,6 +17,8 @@ EXPECTED_HELP = {
     "train": ["--config", "--preset", "--lora-rank", "--no-progress"],
     "resume": ["run_dir", "--no-progress"],
     "offline-model": ["--cache-dir", "--force"],
+    "plan": ["--preset", "--device", "--quantize", "--remat", "--batch-size", "--sequence-length", "--lora-rank",
+             "--json"],
     "export": ["--weights", "--lora", "--adapter-only", "--dtype", "--no-verify", "--atol", "--no-mlx", "--push"],
 }
 
