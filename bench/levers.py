@@ -7,6 +7,11 @@ time goes, by kernel and by kind (matmul, attention, other fusions).
 
     python bench/levers.py --variants default batch16 no_triton_gemm --profile --out bench/results/levers.json
     python bench/levers.py --smoke          # tiny shapes on CPU, seconds
+    python bench/levers.py --variants default lora_merged --model gemma_2b_2layers --compile-only   # CPU is fine
+
+`--compile-only` times nothing: it compiles each variant's step and reports
+XLA's own figures for it (FLOPs from `cost_analysis`, temporary bytes from
+`memory_analysis`), so a lever's saved work and memory show on a CPU too.
 
 Notes on each lever (prediction, result) live in bench/NOTES.md.
 """
@@ -28,6 +33,11 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import train_throughput as tt  # noqa: E402
 
+# Gemma 2B's projections with 2 of its 18 layers and a 32k vocabulary: compiles on a CPU in a minute or
+# two; the per-layer difference between two variants times 18 is the full model's.
+tt.SHAPES["gemma_2b_2layers"] = dict(arch="gemma", keras=dict(tt.SHAPES["gemma_2b"]["keras"], num_layers=2,
+                                                               vocabulary_size=32768))
+
 # name -> (extra XLA flags, keyword arguments of the step set-up, description)
 VARIANTS = {
     "default": ("", {}, "kerasgemma defaults (packed, bf16, fused sliced loss, cuDNN attention with the segment mask and is_causal)"),
@@ -37,6 +47,11 @@ VARIANTS = {
     "batch16": ("", {"batch_size": 16}, "16 packed rows per step instead of 8"),
     "no_triton_gemm": ("--xla_gpu_enable_triton_gemm=false", {}, "XLA: cuBLAS for every matmul, no Triton GEMM fusions"),
     "reference_loss": ("", {"fused_loss": False}, "full float32 logits instead of the fused sliced loss"),
+    "lora_merged": ("", {"lora_path": "merged"},
+                    "Keras' merged LoRA x(W + s AB): a merged kernel and its full weight gradient per q/v projection"),
+    "lora_all": ("", {"lora_targets": "all"}, "LoRA on all 7 projections, beside the kernel (default path)"),
+    "lora_all_merged": ("", {"lora_targets": "all", "lora_path": "merged"},
+                        "LoRA on all 7 projections, Keras' merged path"),
 }
 
 
@@ -79,6 +94,22 @@ def summarize_trace(trace_dir, steps, top=30):
     return "\n".join(lines)
 
 
+def compile_variant(name, shape, dtype="bfloat16"):
+    """XLA's figures for one variant's compiled step, without running it: FLOPs and bytes."""
+    _, options, _ = VARIANTS[name]
+    import jax
+
+    sequences = tt.make_sequences(400, tt.SHAPES[shape]["keras"]["vocabulary_size"], 0)
+    _, step, state, frozen, plan = tt.kerasgemma_setup(shape, sequences, 1, 0, dtype=dtype, **options)
+    compiled = step.lower(state, frozen, plan[0]).compile()
+    memory = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return dict(device=jax.devices()[0].device_kind, dtype=dtype, flops=float(cost.get("flops", 0.0)),
+                temp_bytes=int(memory.temp_size_in_bytes), argument_bytes=int(memory.argument_size_in_bytes),
+                output_bytes=int(memory.output_size_in_bytes))
+
+
 def run_variant(name, shape, steps, warmup, profile_dir=None):
     _, options, _ = VARIANTS[name]
     options = dict(options)
@@ -109,6 +140,18 @@ def run_variant(name, shape, steps, warmup, profile_dir=None):
     return row
 
 
+def print_compiled_table(rows, base):
+    print("| variant | GFLOP per step | temp MiB | vs default: GFLOP | vs default: temp MiB |\n|---|---|---|---|---|")
+    for row in rows:
+        if "error" in row:
+            print(f"| {row['variant']} | failed: {row['error'][:80]} | | | |")
+            continue
+        flops, temp = row["flops"] / 1e9, row["temp_bytes"] / 2**20
+        delta = (f"{flops - base['flops'] / 1e9:+,.1f} | {temp - base['temp_bytes'] / 2**20:+,.1f}" if base
+                 else "n/a | n/a")
+        print(f"| {row['variant']} | {flops:,.1f} | {temp:,.1f} | {delta} |")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=sorted(VARIANTS))
@@ -118,11 +161,17 @@ def main(argv=None):
     parser.add_argument("--profile", action="store_true", help="Trace the default variant and print a kernel summary.")
     parser.add_argument("--out", help="Write the rows as JSON here.")
     parser.add_argument("--smoke", action="store_true", help="Tiny shapes on CPU: every variant, 2 steps.")
+    parser.add_argument("--compile-only", action="store_true",
+                        help="Only compile each variant's step: XLA's FLOPs and temporary bytes, no timing.")
+    parser.add_argument("--dtype", default="bfloat16", help="Base weight dtype for --compile-only.")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--profile-dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.smoke:
         args.model, args.steps, args.warmup = "tiny", 2, 1
+    if args.one and args.compile_only:
+        print(json.dumps(compile_variant(args.one, args.model, args.dtype)))
+        return 0
     if args.one:
         print(json.dumps(run_variant(args.one, args.model, args.steps, args.warmup, args.profile_dir)))
         return 0
@@ -132,7 +181,7 @@ def main(argv=None):
         env = dict(os.environ, KERAS_BACKEND="jax", XLA_PYTHON_CLIENT_PREALLOCATE="false", TF_CPP_MIN_LOG_LEVEL="3")
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + flags).strip()
         command = [sys.executable, __file__, "--one", name, "--model", args.model, "--steps", str(args.steps),
-                   "--warmup", str(args.warmup)]
+                   "--warmup", str(args.warmup)] + ["--compile-only", "--dtype", args.dtype] * args.compile_only
         if args.profile and name == "default":
             command += ["--profile-dir", os.path.abspath(os.path.join(os.path.dirname(args.out or "."), "profile"))]
         started = time.perf_counter()
@@ -151,6 +200,9 @@ def main(argv=None):
             with open(args.out, "w") as file:
                 json.dump({"date": time.strftime("%Y-%m-%d"), "model": args.model, "rows": rows}, file, indent=2)
     base = next((r for r in rows if r["variant"] == "default" and "error" not in r), None)
+    if args.compile_only:
+        print_compiled_table(rows, base)
+        return 0 if all("error" not in row for row in rows) else 1
     print(f"card: {tt.card_of(rows)}, model: {args.model}")
     print("| variant | useful tok/s | step ms | peak GiB | compile s | loss | vs default |\n|---|---|---|---|---|---|---|")
     for row in rows:

@@ -133,8 +133,12 @@ def _keras_model(shape, dtype):
     return lm_cls(backbone=backbone, preprocessor=None)
 
 
-def kerasgemma_setup(shape, sequences, steps, warmup, dtype="bfloat16", fused_loss=True, batch_size=BATCH_SIZE):
-    """The model, the kerasgemma step, its state and `warmup + steps` packed batches, ready to time."""
+def kerasgemma_setup(shape, sequences, steps, warmup, dtype="bfloat16", fused_loss=True, batch_size=BATCH_SIZE,
+                     lora_path="beside", lora_targets="query,value"):
+    """The model, the kerasgemma step, its state and `warmup + steps` packed batches, ready to time.
+
+    `lora_path`: "beside" (kerasgemma's `x·W + (alpha/r)·(x·A)·B`) or Keras'
+    "merged" `x·(W + (alpha/r)·A·B)`, see `kerasgemma.lora_path`."""
     import jax
 
     from kerasgemma.config import TrainConfig
@@ -143,7 +147,7 @@ def kerasgemma_setup(shape, sequences, steps, warmup, dtype="bfloat16", fused_lo
     from kerasgemma.training import make_optimizer, make_train_step, stack_micro_batches
 
     lm = _keras_model(shape, dtype)
-    enable_lora(lm, LORA_RANK, targets="query,value")
+    enable_lora(lm, LORA_RANK, targets=lora_targets, lora_path=lora_path)
     batches = Batches([TokenizedExample(ids, mask) for ids, mask in sequences], batch_size, SEQUENCE_LENGTH)
     config = TrainConfig(learning_rate=5e-5, weight_decay=0.01, max_grad_norm=None, schedule="constant")
     optimizer = make_optimizer(config, steps + warmup, lm.trainable_variables)
@@ -155,10 +159,12 @@ def kerasgemma_setup(shape, sequences, steps, warmup, dtype="bfloat16", fused_lo
     return lm, step, state, frozen, plan
 
 
-def arm_kerasgemma(shape, sequences, steps, warmup, dtype="bfloat16", fused_loss=True, batch_size=BATCH_SIZE):
-    """kerasgemma defaults: packed rows, bf16 base weights, float32 LoRA, jitted donated step,
-    sliced vocabulary projection with a fused loss gradient (`fused_loss=False`: the lever off)."""
-    _, step, state, frozen, plan = kerasgemma_setup(shape, sequences, steps, warmup, dtype, fused_loss, batch_size)
+def arm_kerasgemma(shape, sequences, steps, warmup, dtype="bfloat16", fused_loss=True, batch_size=BATCH_SIZE,
+                   lora_path="beside", lora_targets="query,value"):
+    """kerasgemma defaults: packed rows, bf16 base weights, float32 LoRA beside the frozen kernel, jitted
+    donated step, sliced vocabulary projection with a fused loss gradient (`fused_loss=False`: the lever off)."""
+    _, step, state, frozen, plan = kerasgemma_setup(shape, sequences, steps, warmup, dtype, fused_loss, batch_size,
+                                                    lora_path, lora_targets)
     started = time.perf_counter()
     for batch in plan[:warmup]:
         state, loss, _ = step(state, frozen, batch)

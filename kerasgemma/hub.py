@@ -9,6 +9,10 @@ login, so the token is not in our arguments, messages, logs or files.
 import os
 
 from kerasgemma.atomic import write_text_atomic
+from kerasgemma.data.loading import DATASETS_PREFIX
+from kerasgemma.data.loading import HC3_REPO_ID
+from kerasgemma.data.loading import HC3_SOURCE
+from kerasgemma.data.loading import HUB_PREFIX
 from kerasgemma.errors import UserError
 from kerasgemma.export.verify import read_report
 from kerasgemma.files import ADAPTER_CONFIG
@@ -46,6 +50,30 @@ chat = pipeline("text-generation", model="{repo_or_folder}")
 messages = [{{"role": "user", "content": "中国的首都是哪里？"}}]
 print(chat(messages, max_new_tokens=64, do_sample=False)[0]["generated_text"][-1]["content"])
 ```"""
+
+
+def dataset_id(run_config):
+    """`(Hub dataset id or None, how the card names the data)` for a run's config.
+
+    Example:
+    >>> dataset_id({"data": "hub", "subset": "baike"})
+    ('Hello-SimpleAI/HC3-Chinese', 'Hello-SimpleAI/HC3-Chinese (subset baike)')
+    >>> dataset_id({"data": "hub:shibing624/alpaca-zh@train"})
+    ('shibing624/alpaca-zh', 'shibing624/alpaca-zh@train')
+    >>> dataset_id({"data": "data/mine.jsonl"})
+    (None, 'data/mine.jsonl')
+    """
+    data = run_config.get("data")
+    if not data:
+        return None, "not recorded"
+    if data == HC3_SOURCE or data.startswith(HUB_PREFIX):
+        repo = HC3_REPO_ID if data == HC3_SOURCE else data[len(HUB_PREFIX):].strip("/")
+        subset = run_config.get("subset")
+        return repo, f"{repo} (subset {subset})" if subset else repo
+    if data.startswith(DATASETS_PREFIX):
+        spec = data[len(DATASETS_PREFIX):]
+        return spec.split("@")[0].split(":")[0], spec
+    return None, data
 
 
 def _verification_section(report):
@@ -99,10 +127,12 @@ def model_card(folder, base_model, lora=None, run_config=None, training=None, re
     """
     kind = "adapter" if os.path.isfile(os.path.join(folder, ADAPTER_CONFIG)) else "merged"
     run_config = run_config or {}
-    data = run_config.get("data")
+    dataset, data = dataset_id(run_config)
     front = ["---", f"license: {GEMMA_LICENSE}"]
     if _is_repo_id(base_model):  # the Hub's metadata field takes repo ids, not local paths
         front.append(f"base_model: {base_model}")
+    if dataset:
+        front.append(f"datasets: [{dataset}]")
     front += ["library_name: " + ("peft" if kind == "adapter" else "transformers"),
              "pipeline_tag: text-generation", "tags: [gemma, lora, keras, kerasgemma]", "---"]
     training_lines = [f"- {key}: {run_config[key]}" for key in (
@@ -129,7 +159,7 @@ def model_card(folder, base_model, lora=None, run_config=None, training=None, re
         f"{what}, fine-tuned from `{base_model}` with Keras 3 / keras-hub on JAX and exported by "
         "kerasgemma (`kerasgemma export`).",
         "## Training\n" + "\n".join([
-            f"- data: {data or 'not recorded'}",
+            f"- data: {data}",
             f"- LoRA: {lora_text}",
             *training_lines,
         ]),

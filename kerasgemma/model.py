@@ -17,12 +17,13 @@ from keras_hub.src.utils.preset_utils import CONFIG_FILE
 from keras_hub.src.utils.preset_utils import load_json
 
 from kerasgemma.errors import UserError
+from kerasgemma.lora_path import set_lora_path
 from kerasgemma.offline import build_offline_preset
 from kerasgemma.precision import resolve_dtype
 from kerasgemma.tiny import build_tiny_causal_lm
 from kerasgemma.tiny import build_tiny_tokenizer
+from kerasgemma.tiny_tokenizer import TINY_PREFIX
 
-TINY_PREFIX = "tiny:"
 OFFLINE_PRESET = "offline:gemma3_270m"
 
 # LoRA target groups by keras-hub layer name. Gemma 1/2/3/4 use the same
@@ -169,7 +170,7 @@ def lora_settings(rank, alpha=None, targets="query,value"):
     }
 
 
-def enable_lora(causal_lm, rank=4, alpha=None, targets=("query", "value")):
+def enable_lora(causal_lm, rank=4, alpha=None, targets=("query", "value"), lora_path="beside"):
     """Freeze the backbone and add LoRA to the target layers.
 
     Like `Backbone.enable_lora`, which only takes a rank (alpha is then the
@@ -188,6 +189,10 @@ def enable_lora(causal_lm, rank=4, alpha=None, targets=("query", "value")):
         alpha: float or None. LoRA alpha (scaling alpha/rank); None = rank.
         targets: "attention", "all", or a list of layer names
             (`LORA_TARGET_GROUPS`).
+        lora_path: "beside" computes `x·W + (alpha/r)·(x·A)·B`, so the
+            backward pass never forms the kernel-sized gradient of a frozen
+            projection; "merged" is Keras' `x·(W + (alpha/r)·A·B)`. The
+            weights are the same either way (`kerasgemma.lora_path`).
 
     Example:
     >>> lm = load_causal_lm("tiny:gemma")
@@ -212,6 +217,7 @@ def enable_lora(causal_lm, rank=4, alpha=None, targets=("query", "value")):
             backbone._lora_enabled_layers.append(index)
     if not backbone._lora_enabled_layers:
         raise ValueError(f"No layer of the backbone is named any of {sorted(names)}.")
+    set_lora_path(causal_lm, lora_path)
     return len(causal_lm.trainable_variables)
 
 

@@ -26,6 +26,7 @@ from kerasgemma.data.pipeline import load_data
 from kerasgemma.data.pipeline import prepare_data
 from kerasgemma.errors import MissingFileError
 from kerasgemma.errors import UserError
+from kerasgemma.export.base_model import hf_base_model
 from kerasgemma.export.pipeline import export_and_verify
 from kerasgemma.generation import chat
 from kerasgemma.hub import write_model_card
@@ -231,14 +232,15 @@ class Run:
                 in the run folder.
             adapter_only: bool. A PEFT adapter instead of merged weights.
             base_model: str or None. The base model the card and the adapter
-                name, e.g. "google/gemma-2b" (default: the preset).
+                name, e.g. "google/gemma-2b" (default: the preset's Hugging
+                Face repo, `kerasgemma.export.base_model.hf_base_model`).
             repo_id: str or None. The Hub repo the card's usage snippet names.
             **export_args: passed to `export_and_verify` (dtype,
                 max_shard_size, verify, max_new_tokens, atol, check_mlx,
                 progress, log).
         """
         default_dir = files.ADAPTER_DIR if adapter_only else files.MERGED_DIR
-        base_model = base_model or self.config.preset
+        base_model = base_model or hf_base_model(self.config.preset)
         folder, report = export_and_verify(
             self.causal_lm,
             str(output_dir or self.run_dir / default_dir),
@@ -409,13 +411,16 @@ def check_resumable(config, latest, log=print):
         log(f"resuming with changed settings: {', '.join(allowed)}")
 
 
-def resume(run_dir, progress=True, data=None):
+def resume(run_dir, progress=True, data=None, fit=True):
     """Continue a run from its newest good checkpoint (or from the start).
 
     The config is the one saved in the run folder, so the data, model and
     batches are rebuilt exactly; the steps after the checkpoint are run again
     and their metrics and sample answers from the killed run are replaced.
     A damaged checkpoint (its checksum fails) is skipped with a warning.
+    `fit=False` returns the `Run` restored at its checkpoint without
+    training, for a notebook whose next cell calls `run.fit()` (after a
+    Colab disconnect, say).
     """
     run_dir = Path(run_dir)
     config = _saved_config(run_dir)
@@ -431,6 +436,7 @@ def resume(run_dir, progress=True, data=None):
             run.trainer.restore(latest)
             print(f"resuming from {latest.name}")
         truncate_jsonl(run_dir / files.SAMPLES, run.trainer.step)
-        run.fit()
-        run.save_lora()
+        if fit:
+            run.fit()
+            run.save_lora()
     return run

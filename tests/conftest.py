@@ -17,9 +17,25 @@ Plain helpers (the Hub stand-in, LoRA export cases, subcommand parsing) are
 in tests/helpers.py; test modules must not import each other.
 """
 
-import pytest
-from helpers import TOKEN, HubStandIn
+import os
 
+# XLA:CPU at LLVM -O0: the suite compiles hundreds of tiny programs and runs
+# each a few times, so code generation, not execution, is its cost. Measured
+# on 2 cores: tests/test_export_merged.py's fast tests 68.5 s -> 46.9 s of CPU,
+# tests/test_train_step.py 31.8 s -> 20.2 s. Execution is slower (a jitted
+# forward of the real Gemma 3 270M: +35%), so the real-model demo subprocess
+# (tests/test_demo.py) drops the flag. Set before JAX starts its backend;
+# subprocesses inherit it. Numerics: same ops, same float32 arithmetic; the
+# tests compare within tolerances or within one process.
+XLA_TEST_FLAG = "--xla_backend_optimization_level=0"
+if XLA_TEST_FLAG not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {XLA_TEST_FLAG}".strip()
+
+import pytest  # noqa: E402
+from helpers import TOKEN, HubStandIn, write_sum_rows
+
+from kerasgemma.config import TrainConfig
+from kerasgemma.run import train
 from kerasgemma.tiny import build_tiny_causal_lm, build_tiny_tokenizer_proto
 
 
@@ -43,6 +59,21 @@ def shared_tiny_lm():
         return models[architecture]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_run(tmp_path_factory):
+    """A finished two-step `tiny:gemma` run on 12 rows (`helpers.write_sum_rows`), for the whole session.
+
+    About 20 s of training on 2 cores: use it from slow tests (or make the
+    test slow). Read-only: do not train it further or change its folder;
+    its `Run` holds the model as trained (what `load_run` brings back).
+    """
+    folder = tmp_path_factory.mktemp("trained_tiny_run")
+    config = TrainConfig(preset="tiny:gemma", data=str(write_sum_rows(folder / "rows.jsonl")), sequence_length=48,
+                         batch_size=2, validation_fraction=0.2, learning_rate=1e-2, max_steps=2,
+                         max_new_tokens=4, output_dir=str(folder / "runs"))
+    return train(config, progress=False)
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,13 @@ from kerasgemma.tiny import build_tiny_causal_lm, tiny_backbone_config
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def write_sum_rows(path, count=12):
+    """Write `count` HC3-style rows ("i加i等于几？" -> "i加i等于2i。") to `path` (JSON lines); return it."""
+    rows = [{"question": f"{i}加{i}等于几？", "human_answers": [f"{i}加{i}等于{2 * i}。"]} for i in range(count)]
+    Path(path).write_text("\n".join(json.dumps(row, ensure_ascii=False) for row in rows) + "\n", encoding="utf-8")
+    return Path(path)
+
+
 def parse_subcommand(command_module, name, argv):
     """Parse `argv` with only `command_module`'s subcommand registered (`kerasgemma NAME ...`)."""
     parser = argparse.ArgumentParser()

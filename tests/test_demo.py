@@ -6,6 +6,7 @@ exporter would fail here, see tests/test_export_merged.py).
 """
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,14 +14,16 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import XLA_TEST_FLAG
 
 
-def run_demo(tmp_path, *flags):
+def run_demo(tmp_path, *flags, env=None):
     done = subprocess.run(
         [sys.executable, "-m", "kerasgemma", "demo", "--output-dir", str(tmp_path), "--no-progress", *flags],
         capture_output=True,
         text=True,
         timeout=1500,
+        env=env,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     lines = done.stdout.strip().splitlines()
@@ -58,8 +61,18 @@ def test_demo_tiny_model_end_to_end(tmp_path):
 
 @pytest.mark.slow
 def test_demo_real_gemma3_270m_learns(tmp_path):
-    """The real default, shortened: validation loss must drop and the export must verify."""
-    run_dir, stdout = run_demo(tmp_path, "--max-steps", "6", "--held-out", "1")
+    """The real default, shortened: validation loss must drop and the export must verify.
+
+    Three steps already lower the validation loss (4.29 -> 3.33 after six,
+    training loss 4.12 -> 3.36 after three). No held-out answers: the tiny
+    demo test covers them, and each costs two compiled generations of the
+    262k-vocabulary model. The export is verified as `make demo` verifies it.
+    Without the suite's XLA -O0 flag (tests/conftest.py), which slows this
+    model's execution.
+    """
+    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if f != XLA_TEST_FLAG)
+    env = dict(os.environ, XLA_FLAGS=flags)
+    run_dir, stdout = run_demo(tmp_path, "--max-steps", "3", "--held-out", "0", env=env)
     report = json.loads((run_dir / "demo_report.json").read_text())
     assert report["preset"] == "offline:gemma3_270m"
     assert report["summary"]["val_loss"] < report["summary"]["initial_val_loss"]

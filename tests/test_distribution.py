@@ -72,6 +72,15 @@ def test_tpu_v3_8_choices():
     assert choose_strategy(two_b, TPU_V3_8, 8, "none").kind == "none"
 
 
+def test_tpu_v5e_8_chooses_as_v3_8():
+    """Kaggle's TPU v5e-8 (8 chips, JAX kind "TPU v5 lite") and a v3-8 (8 cores) both give 8 × 16 GiB."""
+    v5e_8 = DeviceInfo("tpu", 8, 16 * GiB, "TPU v5 lite")
+    for param_bytes, batch in ((2.51e9 * 2, 16), (8.54e9 * 2, 16), (2.51e9 * 2, 4)):
+        v5e, v3 = choose_strategy(param_bytes, v5e_8, batch), choose_strategy(param_bytes, TPU_V3_8, batch)
+        assert (v5e.kind, v5e.mesh) == (v3.kind, v3.mesh)
+    assert v5e_8.describe() == "8 × TPU v5 lite (tpu), 16.0 GiB each, 1 process"
+
+
 def test_gpu_and_single_device_choices():
     assert choose_strategy(17e9, TWO_H100, 8).mesh == (2, 1)
     single = DeviceInfo("cpu", 1, 8 * GiB)

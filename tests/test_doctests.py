@@ -30,7 +30,8 @@ HF_EXPORT_EXAMPLES = {
 # Examples that compile a generate function, run training steps, or run a
 # model op by op (10 s and more on 2 CPU cores); test_generate.py,
 # test_train_*.py and test_data_packing.py cover the same code fast.
-COMPILING_EXAMPLES = {"kerasgemma.attention", "kerasgemma.generation", "kerasgemma.training.loop"}
+COMPILING_EXAMPLES = {"kerasgemma.attention", "kerasgemma.evaluation", "kerasgemma.generation", "kerasgemma.streaming",
+                      "kerasgemma.training.loop"}
 SLOW_EXAMPLES = HF_EXPORT_EXAMPLES | COMPILING_EXAMPLES
 
 

@@ -53,7 +53,8 @@ def add_export_arguments(parser):
     output.add_argument("--adapter-only", action="store_true",
                         help="Write a PEFT LoRA adapter instead of a merged model.")
     output.add_argument("--base-model", help="Base model the adapter names in adapter_config.json and "
-                        "the model card, e.g. google/gemma-2b (default: the preset).")
+                        "the model card, e.g. google/gemma-2b (default: the preset's Hugging Face repo where known, "
+                        "e.g. gemma_2b_en -> google/gemma-2b, else the preset).")
     output.add_argument("--dtype", default="bfloat16", choices=DTYPES,
                         help="Merged weight dtype (default bfloat16; adapters stay float32).")
     output.add_argument("--max-shard-size", default="2GB", help="Largest safetensors file (default 2GB).")

@@ -7,13 +7,19 @@ in between.
 """
 
 import dataclasses
+import importlib
 
 from kerasgemma.data.batching import Batches
 from kerasgemma.data.loading import load_source_examples
 from kerasgemma.data.split import split_examples
 from kerasgemma.data.tokenize import tokenize_examples
 from kerasgemma.errors import UserError
-from kerasgemma.model import load_tokenizer
+from kerasgemma.tiny_tokenizer import TINY_PREFIX
+from kerasgemma.tiny_tokenizer import tiny_tokenizer_proto
+
+# Loaded on first use: kerasgemma.model imports keras-hub, hence TensorFlow
+# (seconds), which a `tiny:` preset's data stage does not need.
+MODEL_MODULE = "kerasgemma.model"
 
 
 @dataclasses.dataclass
@@ -75,6 +81,23 @@ class PreparedData:
         return summary
 
 
+def preset_tokenizer(preset, texts=()):
+    """What the data stage tokenizes with for `preset`: SentencePiece bytes or a keras-hub tokenizer.
+
+    A `tiny:` preset's model bytes come from `sentencepiece` alone; any
+    other preset's tokenizer is `kerasgemma.model.load_tokenizer`'s (keras-hub).
+    `tokenize_examples` runs both through the same SentencePiece processor,
+    so the ids are those of the model's own tokenizer.
+
+    Example:
+    >>> isinstance(preset_tokenizer("tiny:gemma3"), bytes)
+    True
+    """
+    if preset.startswith(TINY_PREFIX):
+        return tiny_tokenizer_proto(preset[len(TINY_PREFIX):], texts)
+    return importlib.import_module(MODEL_MODULE).load_tokenizer(preset, texts=texts)
+
+
 def load_data(config, progress=False, data=None):
     """Load, validate and split the examples `config.data` (or `data`) names.
 
@@ -133,7 +156,7 @@ def prepare_data(config, tokenizer=None, examples=None, progress=False, data=Non
     (19, 1, 'pack')
     """
     examples = examples or load_data(config, progress=progress, data=data)
-    tokenizer = tokenizer or load_tokenizer(config.preset, texts=examples.texts())
+    tokenizer = tokenizer or preset_tokenizer(config.preset, texts=examples.texts())
     # n token ids give n - 1 (input, target) positions: sequence_length + 1 fill a row.
     token_options = dict(
         max_tokens=config.sequence_length + 1,

@@ -17,9 +17,8 @@ are an error, raised before anything is built or compiled.
 
 import dataclasses
 
+from kerasgemma.config import KINDS
 from kerasgemma.distribution.devices import DeviceInfo
-
-KINDS = ("auto", "data", "model", "none")
 
 
 class DistributionError(ValueError):

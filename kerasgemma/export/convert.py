@@ -11,6 +11,7 @@ import dataclasses
 import os
 
 from kerasgemma import hub
+from kerasgemma.export.base_model import hf_base_model
 from kerasgemma.export.folder import check_output_dir
 from kerasgemma.export.pipeline import export_and_verify
 from kerasgemma.export.source import is_run_folder
@@ -63,7 +64,8 @@ def convert(
             `lora.json` gives them.
         adapter_only: bool. A PEFT adapter instead of merged weights.
         base_model: str or None. The base model named in the card and the
-            adapter (default: the preset).
+            adapter (default: the preset's Hugging Face repo where known,
+            `kerasgemma.export.base_model.hf_base_model`, else the preset).
         overwrite: bool. Replace a non-empty folder kerasgemma did not write.
         push: str or None. A Hub repo id to upload a verified folder to.
         public, force_push, hub_endpoint: see `kerasgemma.hub.push_to_hub`.
@@ -93,7 +95,7 @@ def convert(
         log(f"loading {source}")
         loaded = load_export_source(source, lora=lora, weights=weights, lora_rank=lora_rank,
                                     lora_alpha=lora_alpha, lora_targets=lora_targets, log=log)
-        base_model = base_model or loaded.preset
+        base_model = base_model or hf_base_model(loaded.preset)
         folder, report = export_and_verify(loaded.causal_lm, output_dir, adapter_only=adapter_only,
                                            base_model=base_model, log=log, overwrite=overwrite, **export_args)
     if report is not None:

@@ -18,6 +18,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from kerasgemma.distribution import shard_batch
+from kerasgemma.errors import TrainingDiverged
+from kerasgemma.errors import TrainingInterrupted
 from kerasgemma.errors import UserError
 from kerasgemma.training import checkpoint
 from kerasgemma.training.metrics import MetricsLog
@@ -30,22 +32,14 @@ from kerasgemma.training.step import make_train_step
 from kerasgemma.training.step import stack_micro_batches
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+def perplexity(loss):
+    """`exp(loss)`, capped at exp(50) so a diverged loss still prints as a number.
 
-
-class TrainingInterrupted(Exception):
-    """SIGINT/SIGTERM stopped training after a whole step, whose checkpoint was saved.
-
-    Args:
-        signum: int. The signal received.
-        step: int. The last step run (and saved).
-        checkpoint: pathlib.Path. The checkpoint of that step.
+    Example:
+    >>> round(perplexity(1.0), 4)
+    2.7183
     """
-
-    def __init__(self, signum, step, checkpoint):
-        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}; saved {checkpoint}")
-        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+    return math.exp(min(loss, 50.0))
 
 
 class _StopRequest:
@@ -247,13 +241,20 @@ class Trainer:
         """Mean validation loss over loss-carrying tokens, and perplexity."""
         if not self.val_batches:
             return {}
+        loss, _ = self.mean_loss(self.val_batches)
+        return {"val_loss": loss, "val_perplexity": perplexity(loss)}
+
+    def mean_loss(self, batches):
+        """`(mean loss per loss-carrying token, number of those tokens)` of the model now on `batches`.
+
+        The validation loss of training, on any batches (`kerasgemma eval`).
+        """
         total, count = 0.0, 0.0
-        for batch in self.val_batches:
+        for batch in batches:
             batch_total, batch_count = self.eval_step(self.state[0], self.non_trainable, shard_batch(batch))
             total += float(batch_total)
             count += float(batch_count)
-        loss = total / max(count, 1.0)
-        return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 50.0))}
+        return total / max(count, 1.0), int(count)
 
     # -- the loop ---------------------------------------------------------
 
