@@ -9,6 +9,7 @@ Examples:
     kerasgemma export RUN_OR_PRESET OUT   # Hugging Face folder + PEFT adapter
     kerasgemma chat RUN_DIR -p "你好"      # talk to a trained run (no -p: a conversation)
     kerasgemma eval RUN_DIR test.jsonl    # its loss and perplexity on another file
+    kerasgemma plan --preset gemma_2b_en --device t4   # memory per device, a setting that fits
 
 A mistake in the input (a bad setting, a missing file, a bad data row) is
 printed as one line and exits with status 2; `--debug` shows the traceback.
@@ -42,6 +43,7 @@ COMMANDS = {
                "Export a Keras checkpoint to a verified Hugging Face folder, optionally push it."),
     "chat": ("kerasgemma.commands.chat", "Talk to a trained run: one prompt, or a conversation."),
     "eval": ("kerasgemma.commands.eval", "Loss and perplexity of a run on a data file."),
+    "plan": ("kerasgemma.commands.plan", "Memory per device for a preset on a device, and a setting that fits."),
 }
 
 

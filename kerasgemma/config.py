@@ -36,6 +36,8 @@ from kerasgemma.data.tokenize import LOSS_CHOICES
 from kerasgemma.data.tokenize import OVERFLOW_CHOICES
 from kerasgemma.errors import MissingFileError
 from kerasgemma.errors import UserError
+from kerasgemma.quantization import QUANTIZE_MODES
+from kerasgemma.remat import REMAT_CHOICES
 
 # Distribution kinds (`kerasgemma.distribution.strategy` imports them from here,
 # so that reading a config does not import jax and Keras).
@@ -47,7 +49,7 @@ SCHEDULES = ("cosine", "linear", "constant")
 # the run stops, what it logs or where, never what one step computes.
 RESUMABLE_CHANGES = (
     "max_steps", "epochs", "eval_every", "save_every", "keep_checkpoints",
-    "sample_prompts", "max_new_tokens", "output_dir", "distribution", "mesh",
+    "sample_prompts", "max_new_tokens", "output_dir", "distribution", "mesh", "remat",
 )
 
 logger = logging.getLogger(__name__)
@@ -72,6 +74,13 @@ class TrainConfig:
             older NVIDIA GPUs (T4, V100, P100), float32 on CPU
             (`kerasgemma.precision`); a run saves the dtype it chose. LoRA
             weights are always float32.
+        quantize: None, "int8" or "int4": store the frozen base weights
+            quantized (weight-only, Keras' `quantize`), QLoRA-style; compute
+            and LoRA stay in `dtype`/float32. See `kerasgemma.quantization`.
+        remat: "none", "block" (recompute each decoder block in the
+            backward pass) or "dots" (keep the matmul outputs, recompute the
+            rest): less activation memory for more compute. See
+            `kerasgemma.remat`.
         data: a local file/folder, "hub" for Hello-SimpleAI/HC3-Chinese, or
             "hub:OWNER/NAME[:CONFIG][@SPLIT]" for any parquet/json Hub
             dataset (read through `datasets`). A `datasets.Dataset` goes to
@@ -131,6 +140,8 @@ class TrainConfig:
     """
     preset: str = "gemma_2b_en"
     dtype: str = "auto"
+    quantize: str | None = None
+    remat: str = "none"
     data: str = "hub"
     format: str = "auto"
     columns: str | None = None
@@ -228,7 +239,7 @@ class TrainConfig:
         enums = {
             "dtype": DTYPES, "format": FORMAT_CHOICES, "subset": HC3_SUBSETS, "answers": ANSWER_CHOICES, "on_error": ON_ERROR_CHOICES,
             "template": TEMPLATES, "loss": LOSS_CHOICES, "overflow": OVERFLOW_CHOICES, "batching": MODES,
-            "schedule": SCHEDULES, "distribution": KINDS,
+            "schedule": SCHEDULES, "distribution": KINDS, "remat": REMAT_CHOICES,
         }
         for name, choices in enums.items():
             if getattr(self, name) not in choices:
@@ -245,6 +256,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (value < low if inclusive else value <= low):
                 found.append(f"{name} must be {'at least' if inclusive else '>'} {low}, got {value!r}")
+        if self.quantize is not None and self.quantize not in QUANTIZE_MODES:
+            found.append(f"quantize must be one of {QUANTIZE_MODES} or None, got {self.quantize!r}")
         if not self.validation_fraction < 1:
             found.append(f"validation_fraction must be below 1, got {self.validation_fraction!r}")
         found += _call_problem("lora_targets", self.lora_targets, "kerasgemma.model", "resolve_lora_targets")

@@ -13,6 +13,8 @@ import keras
 
 from kerasgemma.attention import packed_attention
 from kerasgemma.attention import segment_positions
+from kerasgemma.quantization import dequantized_embeddings
+from kerasgemma.remat import rematerialized_blocks
 
 # Tokens per slice of the vocabulary projection in `fused_cross_entropy`:
 # 2048 tokens x 256k vocabulary x 4 bytes = 2 GiB of float32 logits at a time
@@ -115,22 +117,27 @@ def logits_fn(causal_lm, trainable_values, non_trainable_values, batch):
     return logits
 
 
-def hidden_states_fn(causal_lm, trainable_values, non_trainable_values, batch):
+def hidden_states_fn(causal_lm, trainable_values, non_trainable_values, batch, remat="none"):
     """Final hidden states `(batch, seq, hidden)` and the (tied) embedding matrix.
 
     The same segment-aware forward as `logits_fn`, stopped before the
     vocabulary projection so the loss can do that projection in slices.
+    `remat`: rematerialise each block ("none", "block", "dots"; see
+    `kerasgemma.remat`). A quantized embedding (`TrainConfig.quantize`) is
+    dequantized to the compute dtype for the projection.
     """
     variables = causal_lm.trainable_variables + causal_lm.non_trainable_variables
     values = list(trainable_values) + list(non_trainable_values)
     backbone = causal_lm.backbone
     inputs = backbone_inputs(backbone, batch)
     with keras.StatelessScope(state_mapping=list(zip(variables, values))):
-        with packed_attention(backbone, batch["segment_ids"]):
+        with packed_attention(backbone, batch["segment_ids"]), rematerialized_blocks(backbone, remat):
             hidden = backbone(inputs, training=False)
         embedding = backbone.token_embedding
         if embedding.tie_weights:
-            matrix = jnp.asarray(embedding.embeddings)  # (vocab, hidden)
+            matrix = jnp.asarray(dequantized_embeddings(embedding))  # (vocab, hidden)
+        elif embedding.quantization_mode is not None:
+            raise NotImplementedError("A quantized untied output projection is not supported (Gemma ties it).")
         else:
             matrix = jnp.transpose(jnp.asarray(embedding.reverse_embeddings))
         matrix = matrix.astype(hidden.dtype)
@@ -212,9 +219,9 @@ def _fused_vjp_backward(soft_cap, chunk_tokens, residuals, upstream):
 fused_cross_entropy.defvjp(_fused_vjp_forward, _fused_vjp_backward)
 
 
-def per_token_loss(causal_lm, trainable_values, non_trainable_values, batch):
-    """Per-token cross-entropy `(batch, seq)` through the fused, sliced loss."""
-    hidden, matrix, soft_cap = hidden_states_fn(causal_lm, trainable_values, non_trainable_values, batch)
+def per_token_loss(causal_lm, trainable_values, non_trainable_values, batch, remat="none"):
+    """Per-token cross-entropy `(batch, seq)` through the fused, sliced loss (`remat`: see `hidden_states_fn`)."""
+    hidden, matrix, soft_cap = hidden_states_fn(causal_lm, trainable_values, non_trainable_values, batch, remat)
     return fused_cross_entropy(hidden, jax.lax.stop_gradient(matrix), batch["target_ids"], soft_cap)
 
 

@@ -120,6 +120,16 @@ def _verification_section(report):
     return "\n".join(lines)
 
 
+def _quantized_note(kind, mode):
+    """The model card's line for a run trained on a quantized base."""
+    if kind == "adapter":
+        return (f"- base weights: {mode}-quantized while training (QLoRA-style, Keras weight-only). This adapter was "
+                "trained on, and verified against, that quantized base; on the float base above it computes a "
+                "slightly different model (the base's quantization error).")
+    return (f"- base weights: {mode}-quantized while training (QLoRA-style, Keras weight-only). These weights are "
+            "that dequantized base plus LoRA, merged in float32: the model that was trained, not the float base.")
+
+
 def model_card(folder, base_model, lora=None, run_config=None, training=None, repo_id=None):
     """The README.md text for an exported folder.
 
@@ -162,6 +172,9 @@ def model_card(folder, base_model, lora=None, run_config=None, training=None, re
         if lora else "none recorded"
     )
     what = ("A PEFT LoRA adapter" if kind == "adapter" else "Gemma with LoRA merged into the weights")
+    quantized = run_config.get("quantize")
+    if quantized:
+        training_lines.append(_quantized_note(kind, quantized))
     sections = [
         "\n".join(front),
         f"# {repo_id or os.path.basename(os.path.abspath(folder))}",

@@ -37,6 +37,7 @@ from kerasgemma.model import load_causal_lm
 from kerasgemma.model import lora_settings
 from kerasgemma.precision import AUTO
 from kerasgemma.precision import auto_dtype
+from kerasgemma.quantization import quantize_base
 from kerasgemma.run_lock import run_lock
 from kerasgemma.training import checkpoint
 from kerasgemma.training.loop import Trainer
@@ -112,13 +113,18 @@ def resolve_precision(config, log=print):
 
 
 def build_model(config, texts=()):
-    """Choose the distribution, load the preset and switch on LoRA, seeded so runs repeat exactly.
+    """Choose the distribution, load the preset, quantize it if asked and switch on LoRA.
 
-    The distribution is installed before the weights are created, so they are
-    created sharded; the choice and its reason are printed.
+    Seeded so runs repeat exactly. The distribution is installed before the
+    weights are created, so they are created sharded; the choice and its
+    reason are printed. `config.quantize` quantizes the loaded float base
+    (deterministic, so a resume rebuilds the same quantized base) before
+    LoRA is added.
     """
+    memory = dict(quantize=config.quantize, remat=config.remat, sequence_length=config.sequence_length,
+                  lora_rank=config.lora_rank, lora_targets=config.lora_targets)
     strategy, architecture = distribution.plan(
-        config.preset, config.dtype, config.batch_size, config.distribution, config.mesh
+        config.preset, config.dtype, config.batch_size, config.distribution, config.mesh, memory=memory
     )
     _, backbone_config = distribution.preset_backbone_config(config.preset)
     distribution.configure(strategy, architecture, backbone_config.get("num_key_value_heads"))
@@ -129,6 +135,7 @@ def build_model(config, texts=()):
         sequence_length=config.sequence_length,
         texts=texts if config.preset.startswith(TINY_PREFIX) else (),
     )
+    quantize_base(causal_lm, config.quantize)
     enable_lora(causal_lm, config.lora_rank, config.lora_alpha, config.lora_targets)
     for path, shape, _ in distribution.report_unsharded(causal_lm):
         print(f"warning: {path} {tuple(shape)} is not sharded under {strategy.kind} parallel")

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from helpers import REPO_ROOT
 
@@ -81,3 +82,20 @@ def test_trace_summary_reads_device_kernels_only(tmp_path):
     summary = levers.summarize_trace(str(tmp_path), steps=2)
     assert "device time per step: 2.0 ms" in summary
     assert "matmul" in summary and "75.0%" in summary and "python_host_work" not in summary
+
+
+@pytest.mark.slow
+def test_memory_bench_smoke(tmp_path):
+    out = tmp_path / "memory.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "memory.py"), "--smoke", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| tiny | int8 | block | 128 |" in done.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["row"] for row in rows] == ["tiny:bf16:none:128", "tiny:int8:block:128", "tiny_gemma4:int4:dots:128"]
+    for row in rows:
+        assert row["useful_tokens"] > 0 and row["estimate_bytes"] > 0 and np.isfinite(row["loss"])

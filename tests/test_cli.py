@@ -8,7 +8,7 @@ import pytest
 
 from kerasgemma.cli import make_parser
 
-SUBCOMMANDS = ["demo", "data", "train", "resume", "offline-model", "export", "chat", "eval"]
+SUBCOMMANDS = ["demo", "data", "train", "resume", "offline-model", "export", "chat", "eval", "plan"]
 
 # Flags (and positionals) each subcommand's --help must show, besides --help.
 EXPECTED_HELP = {
@@ -17,6 +17,8 @@ EXPECTED_HELP = {
     "train": ["--config", "--preset", "--lora-rank", "--no-progress"],
     "resume": ["run_dir", "--no-progress"],
     "offline-model": ["--cache-dir", "--force"],
+    "plan": ["--preset", "--device", "--quantize", "--remat", "--batch-size", "--sequence-length", "--lora-rank",
+             "--json"],
     "chat": ["RUN_OR_FOLDER", "--prompt", "--max-new-tokens", "--sampler", "--temperature", "--top-k", "--top-p", "--seed"],
     "eval": ["run_dir", "FILE", "--json", "--format", "--columns", "--on-error"],
     "export": ["--weights", "--lora", "--adapter-only", "--dtype", "--no-verify", "--atol", "--no-mlx", "--push"],

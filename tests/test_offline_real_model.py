@@ -145,3 +145,57 @@ def test_gguf_export_with_lora_round_trips(offline_cache, tmp_path):
     # loader then gives the logits and greedy tokens of Keras holding those weights.
     assert report.tensors_match and report.tokenizer_match and report.greedy_match
     assert len(report.prompts[0].hf_greedy) == 4 and report.max_abs_logits_diff < LOGITS_ATOL
+
+
+TRAIN_TEXTS = [
+    "中国的首都是北京。北京是中国的政治和文化中心，有三千多年的历史。",
+    "The capital of France is Paris. Paris lies on the Seine and is known for its museums.",
+    "为什么天空是蓝色的？因为大气中的分子对短波长的蓝光散射更强，这叫瑞利散射。",
+    "Keras 3 supports JAX, TensorFlow and PyTorch. A model written once runs on any of them.",
+]
+HELD_OUT_TEXTS = ["上海是中国最大的城市之一，位于长江入海口。", "Water boils at 100 degrees Celsius at sea level."]
+# Measured on CPU (4 AdamW steps, lr 1e-3, LoRA rank 4, 2 x 64 tokens):
+# held-out loss float32 3.3833, bfloat16 3.3739, int8 base (bfloat16
+# compute) 3.4262: int8 - bfloat16 = 0.052 (1.6%), bfloat16 - float32 =
+# 0.009 (docs/facts.md#int8-base). The bound is that distance with headroom.
+INT8_VS_BF16_MAX_LOSS_DISTANCE = 0.08
+
+
+def _held_out_loss_after_training(preset_path, dtype, quantize, steps=4):
+    from kerasgemma.config import TrainConfig
+    from kerasgemma.data import Batches, TokenizedExample
+    from kerasgemma.model import enable_lora, load_causal_lm
+    from kerasgemma.quantization import quantize_base
+    from kerasgemma.training.optimizer import make_optimizer
+    from kerasgemma.training.step import make_train_step, stack_micro_batches, summed_loss
+
+    lm = load_causal_lm(preset_path, dtype=dtype)
+    quantize_base(lm, quantize)
+    enable_lora(lm, rank=4)
+    tokenizer = lm.preprocessor.tokenizer
+
+    def batch(texts):
+        examples = [TokenizedExample(np.asarray([2] + [int(t) for t in tokenizer(text)], np.int32),
+                                     np.ones(1 + len(tokenizer(text)), np.int8)) for text in texts]
+        return next(Batches(examples, len(texts), 64, mode="pad").epoch(0))
+
+    train, held_out = batch(TRAIN_TEXTS[:2]), batch(HELD_OUT_TEXTS)
+    optimizer = make_optimizer(TrainConfig(learning_rate=1e-3, schedule="constant"), steps, lm.trainable_variables)
+    step = make_train_step(lm, optimizer)
+    state = ([v.value for v in lm.trainable_variables], [v.value for v in optimizer.variables])
+    frozen = [v.value for v in lm.non_trainable_variables]
+    for index in range(steps):
+        rows = train if index % 2 == 0 else batch(TRAIN_TEXTS[2:])
+        state, _, _ = step(state, frozen, stack_micro_batches([rows]))
+    total, count = summed_loss(lm, state[0], frozen, held_out)
+    return float(total) / float(count)
+
+
+def test_int8_base_trains_to_the_bfloat16_loss(offline_cache):
+    # The float32 arm of the measurement above is left out here (one more
+    # compile and run of the 270M, about a minute): the bound is int8
+    # against bfloat16.
+    losses = {name: _held_out_loss_after_training(offline_cache[1], dtype, quantize)
+              for name, dtype, quantize in [("bfloat16", "bfloat16", None), ("int8", "bfloat16", "int8")]}
+    print(f"held-out loss after 4 steps: {losses}")
+    assert abs(losses["int8"] - losses["bfloat16"]) <= INT8_VS_BF16_MAX_LOSS_DISTANCE, losses

@@ -36,6 +36,7 @@ from kerasgemma.distribution.layout import make_distribution
 from kerasgemma.distribution.layout import pad_to_replicas
 from kerasgemma.distribution.layout import report_unsharded
 from kerasgemma.distribution.layout import shard_batch
+from kerasgemma.distribution.memory import memory_plan
 from kerasgemma.distribution.sizing import estimate_param_bytes
 from kerasgemma.distribution.sizing import preset_backbone_config
 from kerasgemma.distribution.strategy import DistributionError
@@ -45,8 +46,12 @@ from kerasgemma.distribution.strategy import parse_mesh
 from kerasgemma.precision import resolve_dtype
 
 
-def plan(preset, dtype, batch_size, distribution="auto", mesh=None, devices=None, verbose=True):
+def plan(preset, dtype, batch_size, distribution="auto", mesh=None, devices=None, verbose=True, memory=None):
     """Choose the strategy for training `preset` in `dtype`, and say why.
+
+    With `memory` (`memory_plan`'s settings: quantize, remat,
+    sequence_length, lora_rank, lora_targets) the printed line ends with the
+    memory plan per device (`kerasgemma.distribution.memory`).
 
     Args:
         preset: str. Any preset `kerasgemma.model.load_causal_lm` takes.
@@ -56,6 +61,7 @@ def plan(preset, dtype, batch_size, distribution="auto", mesh=None, devices=None
         mesh: str or None. `(batch, model)` shape such as "2x4".
         devices: `DeviceInfo` or None (detected).
         verbose: bool. Print the choice and the reason.
+        memory: dict or None. Settings for the memory plan in the line.
 
     Returns:
         `(Strategy, architecture)`.
@@ -74,7 +80,12 @@ def plan(preset, dtype, batch_size, distribution="auto", mesh=None, devices=None
     param_bytes = estimate_param_bytes(config, architecture, resolve_dtype(dtype))
     strategy = choose_strategy(param_bytes, devices, batch_size, distribution, mesh)
     if verbose:
-        print(f"Devices: {devices.describe()}. Distribution: {strategy.describe()}.")
+        line = f"Devices: {devices.describe()}. Distribution: {strategy.describe()}."
+        if memory is not None:
+            estimate = memory_plan(preset, devices, resolve_dtype(dtype), batch_size=batch_size,
+                                   distribution=distribution, mesh=mesh, backbone=(architecture, config), **memory)
+            line += f" Memory: {estimate.describe()}."
+        print(line)
     return strategy, architecture
 
 

@@ -50,6 +50,20 @@ GEMMA4_TEXT_CONFIGS = {
         num_key_value_heads=16, num_global_key_value_heads=4, sliding_window_size=1024, sliding_window_pattern=6,
     ),
 }
+# Gemma 1 configs (keras-hub's gemma_2b_en / gemma_7b_en config.json), so
+# the common presets are sized, and `kerasgemma plan` runs, offline.
+GEMMA_TEXT_CONFIGS = {
+    "gemma_2b_en": dict(
+        vocabulary_size=256000, num_layers=18, num_query_heads=8, num_key_value_heads=1, hidden_dim=2048,
+        intermediate_dim=32768, head_dim=256,
+    ),
+    "gemma_7b_en": dict(
+        vocabulary_size=256000, num_layers=28, num_query_heads=16, num_key_value_heads=16, hidden_dim=3072,
+        intermediate_dim=49152, head_dim=256,
+    ),
+}
+GEMMA_TEXT_CONFIGS["gemma_instruct_2b_en"] = GEMMA_TEXT_CONFIGS["gemma_2b_en"]
+GEMMA_TEXT_CONFIGS["gemma_instruct_7b_en"] = GEMMA_TEXT_CONFIGS["gemma_7b_en"]
 for _size in list(GEMMA4_TEXT_CONFIGS):
     GEMMA4_TEXT_CONFIGS[_size.replace("gemma4_", "gemma4_instruct_")] = GEMMA4_TEXT_CONFIGS[_size]
 
@@ -157,6 +171,8 @@ def preset_backbone_config(preset):
         return ("gemma" if architecture == "gemma2" else architecture), config
     if preset in GEMMA4_TEXT_CONFIGS:
         return "gemma4", dict(GEMMA4_TEXT_CONFIGS[preset])
+    if preset in GEMMA_TEXT_CONFIGS:
+        return "gemma", dict(GEMMA_TEXT_CONFIGS[preset])
     if preset == OFFLINE_PRESET:
         preset = build_offline_preset()
     try:

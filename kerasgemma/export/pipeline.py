@@ -7,6 +7,8 @@ import shutil
 from kerasgemma.export.adapter import export_adapter
 from kerasgemma.export.folder import scratch_folder
 from kerasgemma.export.merged import export_merged
+from kerasgemma.export.quantized import add_to_report
+from kerasgemma.export.quantized import export_source
 from kerasgemma.export.space import check_free_space
 from kerasgemma.export.space import export_bytes
 from kerasgemma.export.verify import verify_adapter
@@ -40,9 +42,12 @@ def export_and_verify(
 
     An adapter is checked on a base folder exported to a temporary
     directory beside `output_dir` (frozen weights, `dtype`) and deleted after.
+    A model with a quantized base is exported and checked through its
+    dequantized float32 copy (`kerasgemma.export.quantized`).
     Before anything is written, the disk must have room for what the export
-    will hold at once (`kerasgemma.export.space.export_bytes`); else a
-    `UserError` gives the bytes needed and free and the folder.
+    will hold at once (`kerasgemma.export.space.export_bytes`, of that copy
+    for a quantized base); else a `UserError` gives the bytes needed and
+    free and the folder.
 
     Args:
         causal_lm: the Keras causal LM (LoRA enabled for an adapter).
@@ -69,6 +74,16 @@ def export_and_verify(
     >>> report.passed
     True
     """
+    causal_lm, quantized = export_source(causal_lm, log)
+    folder, report = _export_and_verify(
+        causal_lm, output_dir, adapter_only, base_model, dtype, max_shard_size, verify, max_new_tokens, atol,
+        check_mlx, progress, log, overwrite,
+    )
+    return folder, add_to_report(report, quantized)
+
+
+def _export_and_verify(causal_lm, output_dir, adapter_only, base_model, dtype, max_shard_size, verify,
+                       max_new_tokens, atol, check_mlx, progress, log, overwrite):
     check_free_space(output_dir, *export_bytes(causal_lm, adapter_only, dtype, verify))
     bar = _tensor_progress(causal_lm, "writing") if progress else None
     if not adapter_only:

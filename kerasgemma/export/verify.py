@@ -112,6 +112,10 @@ class VerificationReport:
     # Multimodal folders: max |Δ| of each tower's output ({"vision": ..., "audio": ...}).
     tower_max_abs_diff: dict = dataclasses.field(default_factory=dict)
     architecture: str = ""
+    # A run trained on a quantized base (`kerasgemma.export.quantized`): its
+    # mode, and the quantized model's max |Δlogits| to the dequantized copy checked here.
+    quantized_base: str | None = None
+    trained_model_max_abs_logits_diff: float | None = None
 
     def summary(self):
         """A few lines for a terminal."""
@@ -132,6 +136,9 @@ class VerificationReport:
             )
         for tower, diff in self.tower_max_abs_diff.items():
             lines.append(f"  {tower} tower: max |Δ| {diff:.3g} (float32, random input)")
+        if self.quantized_base:
+            lines.append(f"  trained on a {self.quantized_base} base: quantized model vs its dequantized copy "
+                         f"max |Δlogits| {self.trained_model_max_abs_logits_diff:.3g}")
         lines.append(f"  mlx-lm: {self.mlx}")
         lines.extend(f"  FAILURE: {failure}" for failure in self.failures)
         return "\n".join(lines)

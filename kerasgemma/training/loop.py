@@ -143,6 +143,7 @@ class Trainer:
             causal_lm,
             self.optimizer,
             state_shardings=jax.tree.map(lambda array: array.sharding, self.state) if distributed else None,
+            remat=config.remat,
         )
         self.eval_step = make_eval_step(causal_lm)
         self.non_trainable = [v.value for v in causal_lm.non_trainable_variables]

@@ -22,15 +22,16 @@ from kerasgemma.forward import per_token_loss
 from kerasgemma.training.optimizer import loss_scale_index
 
 
-def summed_loss(causal_lm, trainable, non_trainable, batch, fused_loss=True):
+def summed_loss(causal_lm, trainable, non_trainable, batch, fused_loss=True, remat="none"):
     """Sum of per-token losses weighted by `loss_weights`, and the weight sum.
 
     `fused_loss` projects onto the vocabulary in slices with the gradient
     formed in the same pass (`kerasgemma.forward.fused_cross_entropy`);
-    False is the reference computation over full float32 logits.
+    False is the reference computation over full float32 logits. `remat`
+    rematerialises each block in the fused path (`kerasgemma.remat`).
     """
     if fused_loss:
-        losses = per_token_loss(causal_lm, trainable, non_trainable, batch)
+        losses = per_token_loss(causal_lm, trainable, non_trainable, batch, remat)
     else:
         logits = logits_fn(causal_lm, trainable, non_trainable, batch)
         losses = cross_entropy(logits, batch["target_ids"])
@@ -50,7 +51,7 @@ def stack_micro_batches(batches):
     return {key: np.stack([batch[key] for batch in batches]) for key in batches[0]}
 
 
-def make_train_step(causal_lm, optimizer, fused_loss=True, state_shardings=None):
+def make_train_step(causal_lm, optimizer, fused_loss=True, state_shardings=None, remat="none"):
     """A jitted `step(state, non_trainable, micro_batches) -> (state, loss, tokens)`.
 
     `state` is `(trainable, optimizer_variables)`, lists of arrays, and is
@@ -67,7 +68,7 @@ def make_train_step(causal_lm, optimizer, fused_loss=True, state_shardings=None)
 
     def grad_fn(trainable, non_trainable, batch, loss_scale):
         def loss(values):
-            total, count = summed_loss(causal_lm, values, non_trainable, batch, fused_loss)
+            total, count = summed_loss(causal_lm, values, non_trainable, batch, fused_loss, remat)
             return total * loss_scale, (total, count)
 
         (_, (total, count)), grads = jax.value_and_grad(loss, has_aux=True)(trainable)

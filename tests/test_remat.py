@@ -1,0 +1,38 @@
+"""Rematerialisation (`TrainConfig.remat`): the same losses and gradients.
+
+Memory is not asserted here: XLA:CPU's compiled temp size does not drop
+with remat (measured on an 8-layer tiny Gemma 3, batch 2 x 256: 45.8 MB
+without, 45.9 MB per block, 46.6 MB dots), so the saving is measured on the
+GPU by bench/memory.py.
+"""
+
+import jax
+import pytest
+import numpy as np
+
+from kerasgemma.model import enable_lora
+from kerasgemma.model import load_causal_lm
+from kerasgemma.training.step import summed_loss
+
+
+@pytest.mark.slow
+def test_remat_gives_equal_losses_and_gradients():
+    lm = load_causal_lm("tiny:gemma3")
+    enable_lora(lm, rank=2)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(3, 500, size=(2, 48)).astype("int32")
+    batch = {"token_ids": tokens, "target_ids": np.roll(tokens, -1, axis=1),
+             "segment_ids": np.ones_like(tokens), "loss_weights": np.ones_like(tokens)}
+    trainable = [v.value for v in lm.trainable_variables]
+    non_trainable = [v.value for v in lm.non_trainable_variables]
+    results = {}
+    for remat in ("none", "block", "dots"):
+        def loss(values, remat=remat):
+            total, count = summed_loss(lm, values, non_trainable, batch, remat=remat)
+            return total / count
+
+        results[remat] = jax.jit(jax.value_and_grad(loss))(trainable)
+    for remat in ("block", "dots"):
+        np.testing.assert_allclose(results[remat][0], results["none"][0], rtol=1e-6)
+        for grad, reference in zip(results[remat][1], results["none"][1]):
+            np.testing.assert_allclose(grad, reference, rtol=1e-5, atol=1e-7)
