@@ -36,12 +36,14 @@ from kerasgemma.data.tokenize import LOSS_CHOICES
 from kerasgemma.data.tokenize import OVERFLOW_CHOICES
 from kerasgemma.errors import MissingFileError
 from kerasgemma.errors import UserError
-from kerasgemma.quantization import QUANTIZE_MODES
-from kerasgemma.remat import REMAT_CHOICES
 
 # Distribution kinds (`kerasgemma.distribution.strategy` imports them from here,
 # so that reading a config does not import jax and Keras).
 KINDS = ("auto", "data", "model", "none")
+# Defined here, not in kerasgemma.quantization / kerasgemma.remat (which use
+# them), so that reading a config imports neither Keras nor JAX.
+QUANTIZE_MODES = ("int8", "int4")
+REMAT_CHOICES = ("none", "block", "dots")
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 SCHEDULES = ("cosine", "linear", "constant")

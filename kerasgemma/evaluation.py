@@ -40,6 +40,7 @@ def evaluate_data(run, data, progress=False, **read_settings):
     >>> config = TrainConfig(preset="tiny:gemma3", data=str(SAMPLE_DATA), max_steps=1,
     ...                      sequence_length=64, output_dir=tempfile.mkdtemp())
     >>> run = train(config, progress=False)  # doctest: +ELLIPSIS
+    Precision: float32 base weights, ...
     Devices: ...
     >>> result = evaluate_data(run, SAMPLE_DATA)
     >>> result["examples"], result["loss"] > 0

@@ -45,7 +45,8 @@ import warnings
 import keras
 import numpy as np
 
-QUANTIZE_MODES = ("int8", "int4")
+from kerasgemma.config import QUANTIZE_MODES
+
 # KERAS-HUB INTERNALS: keras-hub 0.32's Gemma 4 decoder block computes its
 # MLP as `ops.matmul(x, self.gating_ffw.kernel)` (gemma4_decoder_block.py,
 # "HOTFIX ... bypass graph tracer bugs"), not through the layers' call, so a

@@ -25,12 +25,11 @@ import contextlib
 
 import jax
 
-REMAT_POLICIES = {
-    "none": None,
-    "block": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.dots_saveable,
-}
-REMAT_CHOICES = tuple(REMAT_POLICIES)
+from kerasgemma.config import REMAT_CHOICES
+
+# "none", "block", "dots" (`kerasgemma.config.REMAT_CHOICES`) -> jax.checkpoint policy.
+REMAT_POLICIES = dict(zip(REMAT_CHOICES, (None, jax.checkpoint_policies.nothing_saveable,
+                                          jax.checkpoint_policies.dots_saveable)))
 
 
 def _is_array(value):

@@ -171,8 +171,15 @@ def test_two_resumes_at_once_one_refuses_and_metrics_stay_unique(run_copy):
     deadline = time.time() + 120
     while not (run_copy / RUN_LOCK).exists() and time.time() < deadline:
         time.sleep(0.1)
-    second = _kerasgemma("resume", str(run_copy), "--no-progress")
-    _, err2 = second.communicate(timeout=300)
+    # The first resume is paused while it holds the lock: otherwise it can
+    # finish its steps before the second has done its imports (~5-10 s), and
+    # the second then finds a finished run, not a busy one.
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        second = _kerasgemma("resume", str(run_copy), "--no-progress")
+        _, err2 = second.communicate(timeout=300)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
     _, err1 = first.communicate(timeout=300)
     assert first.returncode == 0, err1
     assert second.returncode == 2 and "is in use by `kerasgemma resume`" in err2 and "Traceback" not in err2

@@ -17,8 +17,8 @@ from kerasgemma.distribution.memory import memory_plan
 from kerasgemma.distribution.memory import recommend
 from kerasgemma.distribution.strategy import DistributionError
 from kerasgemma.errors import UserError
-from kerasgemma.quantization import QUANTIZE_MODES
-from kerasgemma.remat import REMAT_CHOICES
+from kerasgemma.config import QUANTIZE_MODES
+from kerasgemma.config import REMAT_CHOICES
 
 
 def add_parser(subparsers):

@@ -51,7 +51,7 @@ from kerasgemma.model import LORA_TARGET_GROUPS
 from kerasgemma.model import resolve_lora_targets
 from kerasgemma.precision import resolve_dtype
 from kerasgemma.quantization import QUANTIZED_BITS
-from kerasgemma.remat import REMAT_CHOICES
+from kerasgemma.config import REMAT_CHOICES
 
 # Share of a device's memory the plan lets a run use: XLA's scratch,
 # fragmentation and the compiled program take the rest.

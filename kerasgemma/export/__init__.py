@@ -12,14 +12,16 @@ True
 
 import importlib
 
+# `hf_config` is also this package's submodule name: imported eagerly, so the
+# function, not the module, is what `kerasgemma.export.hf_config` names.
+from kerasgemma.export.hf_config import detect_architecture, hf_config
+
 # Loaded on first use (PEP 562), as in `kerasgemma/__init__.py`: a leaf module
 # of this package (e.g. `gguf_layout`, which `kerasgemma.offline` reads GGUF
 # files with) must be importable without the verification stack, which
 # imports `kerasgemma.model` and, through it, `kerasgemma.offline` again.
 _PUBLIC = {
     "export_adapter": "kerasgemma.export.adapter",
-    "detect_architecture": "kerasgemma.export.hf_config",
-    "hf_config": "kerasgemma.export.hf_config",
     "export_merged": "kerasgemma.export.merged",
     "VerificationReport": "kerasgemma.export.verify",
     "read_report": "kerasgemma.export.verify",
