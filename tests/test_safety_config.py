@@ -83,6 +83,7 @@ def test_bad_data_row_in_train_is_one_line_and_leaves_no_folder(tmp_path, capsys
     assert folders == []
 
 
+@pytest.mark.slow  # a whole `kerasgemma train` start-up; the in-process tests above cover main()
 def test_a_real_subprocess_prints_no_traceback(tmp_path):
     """The console entry point, not only `main()`: exit 2 and one line."""
     env = dict(os.environ, PYTHONPATH=str(REPO), KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
