@@ -21,9 +21,8 @@ Example:
 ['Run', 'TrainConfig', 'chat', 'convert']
 """
 
-import importlib
-
 from kerasgemma.backend import ensure_jax_backend
+from kerasgemma.lazy import lazy_names
 
 ensure_jax_backend()
 
@@ -55,16 +54,7 @@ _PUBLIC = {
 }
 
 
-def __getattr__(name):
-    if name not in _PUBLIC:
-        raise AttributeError(f"module 'kerasgemma' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_PUBLIC[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_PUBLIC))
+__getattr__, __dir__ = lazy_names("kerasgemma", _PUBLIC, globals())
 
 
 __version__ = "0.1.0"

@@ -10,7 +10,7 @@ Example:
 True
 """
 
-import importlib
+from kerasgemma.lazy import lazy_names
 
 # `hf_config` is also this package's submodule name: imported eagerly, so the
 # function, not the module, is what `kerasgemma.export.hf_config` names.
@@ -29,12 +29,7 @@ _PUBLIC = {
 }
 
 
-def __getattr__(name):
-    if name not in _PUBLIC:
-        raise AttributeError(f"module 'kerasgemma.export' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_PUBLIC[name]), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_names("kerasgemma.export", _PUBLIC, globals())
 
 
 __all__ = [
