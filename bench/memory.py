@@ -27,12 +27,12 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 from train_throughput import SHAPES
 from train_throughput import _jax_peak_bytes
 from train_throughput import _keras_model
 from train_throughput import device_name
 from train_throughput import make_sequences
+from train_throughput import time_train_steps
 
 PRECISIONS = {"bf16": None, "int8": "int8", "int4": "int4"}
 REMATS = ("none", "block", "dots")
@@ -100,19 +100,7 @@ def run_row(name, batch_size, steps, warmup, seed=0):
     iterator = batches.epoch(0)
     plan = [stack_micro_batches([next(iterator)]) for _ in range(warmup + steps)]
     step = make_train_step(lm, optimizer, remat=remat)
-    started = time.perf_counter()
-    for batch in plan[:warmup]:
-        state, loss, _ = step(state, frozen, batch)
-    float(loss)
-    compile_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    for batch in plan[warmup:]:
-        state, loss, _ = step(state, frozen, batch)
-    loss = float(loss)
-    seconds = time.perf_counter() - started
-    useful = sum(int(np.count_nonzero(b["segment_ids"])) for b in plan[warmup:])
-    return dict(useful_tokens=useful, seconds=seconds, steps=steps, compile_seconds=compile_seconds, loss=loss,
-                peak_bytes=_jax_peak_bytes(), estimate_bytes=estimate_bytes(model, precision, remat, length,
+    return dict(**time_train_steps(step, state, frozen, plan, warmup), steps=steps, peak_bytes=_jax_peak_bytes(), estimate_bytes=estimate_bytes(model, precision, remat, length,
                                                                             batch_size))
 
 

@@ -159,12 +159,12 @@ def kerasgemma_setup(shape, sequences, steps, warmup, dtype="bfloat16", fused_lo
     return lm, step, state, frozen, plan
 
 
-def arm_kerasgemma(shape, sequences, steps, warmup, dtype="bfloat16", fused_loss=True, batch_size=BATCH_SIZE,
-                   lora_path="beside", lora_targets="query,value"):
-    """kerasgemma defaults: packed rows, bf16 base weights, float32 LoRA beside the frozen kernel, jitted
-    donated step, sliced vocabulary projection with a fused loss gradient (`fused_loss=False`: the lever off)."""
-    _, step, state, frozen, plan = kerasgemma_setup(shape, sequences, steps, warmup, dtype, fused_loss, batch_size,
-                                                    lora_path, lora_targets)
+def time_train_steps(step, state, frozen, plan, warmup):
+    """Run `plan`'s batches through a kerasgemma train step: the first `warmup` (compile included) untimed.
+
+    Returns a dict with useful_tokens (non-padding tokens of the timed batches), seconds, compile_seconds
+    and the last loss.
+    """
     started = time.perf_counter()
     for batch in plan[:warmup]:
         state, loss, _ = step(state, frozen, batch)
@@ -176,8 +176,18 @@ def arm_kerasgemma(shape, sequences, steps, warmup, dtype="bfloat16", fused_loss
     loss = float(loss)
     seconds = time.perf_counter() - started
     useful = sum(int(np.count_nonzero(b["segment_ids"])) for b in plan[warmup:])
-    return dict(useful_tokens=useful, computed_tokens=steps * batch_size * SEQUENCE_LENGTH, seconds=seconds,
-                steps=steps, compile_seconds=compile_seconds, loss=loss, peak_bytes=_jax_peak_bytes())
+    return dict(useful_tokens=useful, seconds=seconds, compile_seconds=compile_seconds, loss=loss)
+
+
+def arm_kerasgemma(shape, sequences, steps, warmup, dtype="bfloat16", fused_loss=True, batch_size=BATCH_SIZE,
+                   lora_path="beside", lora_targets="query,value"):
+    """kerasgemma defaults: packed rows, bf16 base weights, float32 LoRA beside the frozen kernel, jitted
+    donated step, sliced vocabulary projection with a fused loss gradient (`fused_loss=False`: the lever off)."""
+    _, step, state, frozen, plan = kerasgemma_setup(shape, sequences, steps, warmup, dtype, fused_loss, batch_size,
+                                                    lora_path, lora_targets)
+    timed = time_train_steps(step, state, frozen, plan, warmup)
+    return dict(**timed, computed_tokens=steps * batch_size * SEQUENCE_LENGTH,
+                steps=steps, peak_bytes=_jax_peak_bytes())
 
 
 def _padded(sequences, length):
