@@ -81,6 +81,21 @@ CASES = {
 TOKEN = "hf_standinSECRETtoken0123456789"
 
 
+class JsonReplyHandler(http.server.BaseHTTPRequestHandler):
+    """Base for the local stand-ins' request handlers: quiet, with a JSON `_reply`."""
+
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+    def _reply(self, value, status=200):
+        body = json.dumps(value).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
 class HubStandIn:
     """A thread serving the Hub endpoints used by `push_to_hub`; records what it got."""
 
@@ -90,17 +105,7 @@ class HubStandIn:
         self.metadata = []
         standin = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):  # keep test output clean
-                pass
-
-            def _reply(self, value, status=200):
-                body = json.dumps(value).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+        class Handler(JsonReplyHandler):
 
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))

@@ -18,6 +18,7 @@ import threading
 import types
 
 import pytest
+from helpers import JsonReplyHandler
 from test_hub import fake_export
 
 from kerasgemma import hub
@@ -39,17 +40,7 @@ class KaggleStandIn:
         self.models, self.instances, self.blobs, self.authorizations = {}, [], {}, []
         standin = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _reply(self, value, status=200):
-                body = json.dumps(value).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+        class Handler(JsonReplyHandler):
 
             def do_PUT(self):
                 standin.blobs[self.path] = self.rfile.read(int(self.headers.get("Content-Length", 0)))
