@@ -17,7 +17,10 @@ Plain helpers (the Hub stand-in, LoRA export cases, subcommand parsing) are
 in tests/helpers.py; test modules must not import each other.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 # XLA:CPU at LLVM -O0: the suite compiles hundreds of tiny programs and runs
 # each a few times, so code generation, not execution, is its cost. Measured
@@ -30,6 +33,24 @@ import os
 XLA_TEST_FLAG = "--xla_backend_optimization_level=0"
 if XLA_TEST_FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {XLA_TEST_FLAG}".strip()
+
+# One XLA compilation cache for the whole test session, shared by the
+# pytest-xdist workers and every subprocess they start (the CLI, demo and
+# notebook tests): many tests compile the same tiny programs (a `tiny:gemma`
+# train step, its generation), and a program compiled once is then read
+# back instead of compiled again. Created by the first pytest process (the
+# xdist controller, whose environment the workers inherit) and removed when
+# it exits, so every session starts cold, as CI does. A size limit turns on
+# JAX's file lock, so two workers never read an entry half written.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache_dir = tempfile.mkdtemp(prefix="kerasgemma-tests-xla-cache-")
+    atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+    os.environ.update(
+        JAX_COMPILATION_CACHE_DIR=_cache_dir,
+        JAX_COMPILATION_CACHE_MAX_SIZE=str(4 << 30),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
 
 import pytest  # noqa: E402
 from helpers import TOKEN, HubStandIn, write_sum_rows

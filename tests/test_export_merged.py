@@ -57,6 +57,26 @@ def test_sharding_writes_index_and_single_file(tmp_path):
     assert not any(name.startswith(".") for name in os.listdir(tmp_path))
 
 
+@pytest.mark.slow
+def test_mlx_tokens_that_are_not_transformers_greedy_fail(tmp_path, monkeypatch):
+    """The mlx-lm check is transformers' argmax along mlx-lm's tokens: one changed token fails it."""
+    import kerasgemma.export.verify as verify
+
+    def one_token_off(*args, **kwargs):
+        tokens = mlx_greedy(*args, **kwargs)
+        return [t[:-1] + [(t[-1] + 1) % 256] for t in tokens]
+
+    from kerasgemma.export.mlx_check import mlx_greedy
+
+    lm = lora_model("gemma3", num_layers=6)
+    folder = export_merged(lm, tmp_path / "hf", dtype="float32")
+    assert verify_export(lm, folder, max_new_tokens=4).mlx.startswith("greedy identical")
+    monkeypatch.setattr(verify, "mlx_greedy", one_token_off)
+    report = verify_export(lm, folder, max_new_tokens=4)
+    assert not report.passed and report.mlx.startswith("greedy DIFFERS")
+    assert "mlx-lm greedy tokens differ from transformers'" in report.failures
+
+
 def test_keras_hub_exporter_fails_our_verification(tmp_path):
     """keras-hub 0.32's own exporter drops LoRA (docs/facts.md#keras-hub-exporter); verify catches it."""
     lm = lora_model("gemma")

@@ -24,7 +24,10 @@ random mel features) against transformers' `get_image_features` /
 (`tower_max_abs_diff`). Their tensors are in the bit-exact check.
 
 The optional PEFT check does the same for a base folder plus an adapter, and
-the optional mlx-lm check compares mlx-lm's greedy tokens with transformers'.
+the optional mlx-lm check compares mlx-lm's greedy tokens with transformers'
+greedy choice on the folder's (rounded) weights: one teacher-forced forward
+pass per prompt along mlx-lm's tokens (`_teacher_forced_greedy`), not a
+second generate loop.
 """
 
 import dataclasses
@@ -414,29 +417,52 @@ def _check_weight_files(folder, backbone, merge_lora, failures):
     return dtype, bit_exact
 
 
-def _compare_prompts(causal_lm, model, tokenizer_dir, prompts, max_new_tokens, atol, failures, unround):
+def _prompt_ids(keras_tokenizer, prompts):
+    """`(prompts, their ids with the bos id, stop ids)`; None prompts are `default_prompts`."""
+    prompts = prompts or default_prompts(keras_tokenizer)
+    bos = special_token_ids(keras_tokenizer)["<bos>"]
+    prompt_ids = [[bos] + [int(t) for t in keras_tokenizer(p)] for p in prompts]
+    return prompts, prompt_ids, set(stop_token_ids(keras_tokenizer))
+
+
+def _teacher_forced_greedy(model, ids, continuation, banned=()):
+    """transformers' argmax at each position of `continuation`, given `ids` and the tokens before it.
+
+    It equals `continuation` exactly when greedy decoding from `ids` would
+    generate `continuation`: one forward pass tells what a generate loop would.
+    """
+    if not continuation:
+        return []
+    logits = _torch_logits(model, list(ids) + list(continuation[:-1]))[len(ids) - 1 :]
+    logits[:, list(banned)] = -np.inf
+    return [int(t) for t in logits.argmax(-1)]
+
+
+def _compare_prompts(causal_lm, model, tokenizer_dir, prompts, max_new_tokens, atol, failures, unround,
+                     mlx_tokens=None):
     """Compare ids, logits and greedy tokens of `model` (transformers) with `causal_lm` on each prompt.
 
     `unround()` replaces the folder's rounded weights by the unrounded ones
-    after the rounded model's own figures are taken. Returns
-    `(checks, rounded max |Δ|, greedy tokens of the rounded model)`.
+    after the rounded model's own figures are taken: its max |Δ| to Keras,
+    and, given `mlx_tokens` (mlx-lm's greedy tokens on the folder, per
+    prompt), whether they are the rounded model's greedy tokens too.
+    Returns `(checks, rounded max |Δ|, prompt ids, mlx agrees or None)`.
     """
     import transformers
 
     keras_tokenizer = causal_lm.preprocessor.tokenizer
-    ids = special_token_ids(keras_tokenizer)
-    stop_ids = set(stop_token_ids(keras_tokenizer))
+    prompts, prompt_ids, stop_ids = _prompt_ids(keras_tokenizer, prompts)
     banned = media_placeholder_ids(read_json(os.path.join(tokenizer_dir, HF_CONFIG)))
-    prompts = prompts or default_prompts(keras_tokenizer)
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
-    prompt_ids = [[ids["<bos>"]] + [int(t) for t in keras_tokenizer(p)] for p in prompts]
     forward = keras_forward(causal_lm, max(map(len, prompt_ids)) + max_new_tokens)
     keras_greedy = [_keras_greedy(forward, p, max_new_tokens, stop_ids, banned) for p in prompt_ids]
     rounded = max(
         float(np.max(np.abs(_torch_logits(model, p + g) - forward(p + g))))
         for p, g in zip(prompt_ids, keras_greedy)
     )
-    rounded_greedy = [_torch_greedy(model, p, max_new_tokens, stop_ids, banned) for p in prompt_ids]
+    mlx_agrees = None if mlx_tokens is None else all(
+        _teacher_forced_greedy(model, p, m, banned) == m for p, m in zip(prompt_ids, mlx_tokens)
+    )
     unround()
     checks = []
     for prompt, p_ids, k_greedy in zip(prompts, prompt_ids, keras_greedy):
@@ -457,29 +483,24 @@ def _compare_prompts(causal_lm, model, tokenizer_dir, prompts, max_new_tokens, a
             failures.append(f"max |Δlogits| {check.max_abs_logits_diff:.3g} > {atol:g} on {prompt[:30]!r}")
         if not check.greedy_match:
             failures.append(f"greedy tokens differ on {prompt[:30]!r}")
-    return checks, rounded, (prompt_ids, rounded_greedy, stop_ids)
+    return checks, rounded, prompt_ids, mlx_agrees
 
 
-def _check_mlx(folder, checks, prompt_ids, rounded_greedy, stop_ids, max_new_tokens, failures):
-    """mlx-lm's greedy tokens on the folder vs transformers' on the same (rounded) weights: a status line."""
+def _mlx_tokens(folder, prompt_ids, stop_ids, max_new_tokens, failures):
+    """`(mlx-lm's greedy tokens per prompt, None)`, or `(None, status line)` when skipped or failed."""
     config = read_json(os.path.join(folder, HF_CONFIG))
     limitation = mlx_limitation(config, max(map(len, prompt_ids)) + max_new_tokens)
     if limitation:
-        return f"skipped: {limitation}"
+        return None, f"skipped: {limitation}"
     try:
-        mlx_tokens = mlx_greedy(folder, prompt_ids, max_new_tokens, stop_ids, media_placeholder_ids(config))
+        tokens = mlx_greedy(folder, prompt_ids, max_new_tokens, stop_ids, media_placeholder_ids(config))
     except Exception as error:  # noqa: BLE001 - any mlx-lm error is a failed check, reported
         status = f"mlx-lm FAILED: {type(error).__name__}: {error}"
         failures.append(status)
-        return status
-    if mlx_tokens is None:
-        return "mlx-lm not importable, skipped"
-    for check, tokens in zip(checks, mlx_tokens):
-        check.mlx_greedy = tokens
-    if mlx_tokens != rounded_greedy:
-        failures.append("mlx-lm greedy tokens differ from transformers'")
-        return "greedy DIFFERS from transformers"
-    return "greedy identical to transformers (folder weights, float32)"
+        return None, status
+    if tokens is None:
+        return None, "mlx-lm not importable, skipped"
+    return tokens, None
 
 
 def _check_towers(backbone, model, atol, failures):
@@ -552,6 +573,11 @@ def verify_merged(
     """
     failures = []
     dtype, bit_exact = _check_weight_files(folder, causal_lm.backbone, True, failures)
+    mlx_tokens, mlx = None, "not checked"
+    if check_mlx:
+        # Before transformers loads the folder: never two float32 copies at once.
+        _, prompt_ids, stop_ids = _prompt_ids(causal_lm.preprocessor.tokenizer, prompts)
+        mlx_tokens, mlx = _mlx_tokens(folder, prompt_ids, stop_ids, max_new_tokens, failures)
     reference_lm, reference = _float32_model(causal_lm)
     model = _load_float32(folder)
 
@@ -559,15 +585,18 @@ def verify_merged(
         if dtype != "float32":
             _set_unrounded(model, reference_lm.backbone, True)
 
-    checks, rounded, (prompt_ids, rounded_greedy, stop_ids) = _compare_prompts(
-        reference_lm, model, folder, prompts, max_new_tokens, atol, failures, unround
+    checks, rounded, _, mlx_agrees = _compare_prompts(
+        reference_lm, model, folder, prompts, max_new_tokens, atol, failures, unround, mlx_tokens
     )
+    if mlx_tokens is not None:
+        for check, tokens in zip(checks, mlx_tokens):
+            check.mlx_greedy = tokens
+        mlx = "greedy identical to transformers' (folder weights, float32)"
+        if not mlx_agrees:
+            mlx = "greedy DIFFERS from transformers'"
+            failures.append("mlx-lm greedy tokens differ from transformers'")
     tower_diffs = _check_towers(reference_lm.backbone, model, atol, failures)
     architecture = type(model).__name__
-    model = None  # free the float32 copy before mlx-lm loads its own
-    mlx = "not checked" if not check_mlx else _check_mlx(
-        folder, checks, prompt_ids, rounded_greedy, stop_ids, max_new_tokens, failures
-    )
     return _finish(
         folder, write_report, kind="merged", atol=atol, max_new_tokens=max_new_tokens, checks=checks,
         weights=(dtype, bit_exact), rounded=rounded, mlx=mlx, failures=failures, reference=reference,
@@ -608,7 +637,7 @@ def verify_adapter(
         if dtype != "float32":
             _set_unrounded(model, reference_lm.backbone, False)
 
-    checks, rounded, _ = _compare_prompts(
+    checks, rounded, _, _ = _compare_prompts(
         reference_lm, model, base_dir, prompts, max_new_tokens, atol, failures, unround
     )
     # The adapter must leave the towers as they are.
