@@ -8,12 +8,16 @@ import argparse
 import base64
 import http.server
 import json
+import os
 import threading
 from pathlib import Path
 
 import numpy as np
 import yaml
 
+from kerasgemma.config import TrainConfig
+from kerasgemma.export.verify import PromptCheck, VerificationReport
+from kerasgemma.files import VERIFICATION_REPORT
 from kerasgemma.tiny import build_tiny_causal_lm, tiny_backbone_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -200,3 +204,56 @@ def export_and_verify_adapter(lm, folder, max_new_tokens):
     assert report.passed, report.summary()
     assert report.max_abs_logits_diff < 1e-4
     return json.loads((Path(adapter) / "adapter_config.json").read_text())
+
+
+def write_rows(path, count=24):
+    """Write `count` rows with ids ("i加i等于几？" -> "i加i等于2i。") to `path` (JSON lines); return it."""
+    rows = [
+        {"id": str(i), "question": f"{i}加{i}等于几？", "human_answers": [f"{i}加{i}等于{2 * i}。"]}
+        for i in range(count)
+    ]
+    path.write_text("\n".join(json.dumps(row, ensure_ascii=False) for row in rows) + "\n", encoding="utf-8")
+    return path
+
+
+def tiny_config(tmp_path, **changes):
+    """A `TrainConfig` of a short `tiny:gemma` run on `write_rows` data under `tmp_path`, with `changes`."""
+    values = dict(
+        preset="tiny:gemma",
+        data=str(write_rows(tmp_path / "rows.jsonl")),
+        sequence_length=48,
+        batch_size=2,
+        validation_fraction=0.15,
+        learning_rate=1e-2,
+        warmup_steps=2,
+        max_steps=8,
+        eval_every=4,
+        save_every=2,
+        keep_checkpoints=2,
+        output_dir=str(tmp_path / "runs"),
+    )
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+def losses(run_dir, key="train_loss"):
+    """`{step: value}` of `key` in a run folder's metrics.jsonl."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {record["step"]: record[key] for record in records if key in record}
+
+
+def fake_export(folder, passed=True):
+    """A folder shaped like an export, with a verification report."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump({"model_type": "gemma3_text"}, f)
+    check = PromptCheck("你好", True, 1e-6, [5, 6], [5, 6], True)
+    report = VerificationReport(
+        passed=passed, folder=str(folder), kind="merged", atol=1e-3, max_new_tokens=2,
+        max_abs_logits_diff=1e-6 if passed else 0.5, weights_dtype="bfloat16", weights_bit_exact=True,
+        rounded_max_abs_logits_diff=0.01, prompts=[check], mlx="skipped: test",
+        failures=[] if passed else ["max |Δlogits| 0.5 > 0.001 on '你好'"],
+    )
+    with open(os.path.join(folder, VERIFICATION_REPORT), "w") as f:
+        f.write(report.to_json())
+    return str(folder)

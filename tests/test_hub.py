@@ -10,34 +10,16 @@ metadata; checked here only for YAML syntax), `POST
 """
 
 import dataclasses
-import json
 import os
 
 import pytest
 
-from helpers import TOKEN
+from helpers import TOKEN, fake_export
 
 from kerasgemma import hub
-from kerasgemma.export.verify import PromptCheck, VerificationReport
+from kerasgemma.export.verify import VerificationReport
 from kerasgemma.files import VERIFICATION_REPORT as REPORT_FILE
 
-
-
-def fake_export(folder, passed=True):
-    """A folder shaped like an export, with a verification report."""
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "config.json"), "w") as f:
-        json.dump({"model_type": "gemma3_text"}, f)
-    check = PromptCheck("你好", True, 1e-6, [5, 6], [5, 6], True)
-    report = VerificationReport(
-        passed=passed, folder=str(folder), kind="merged", atol=1e-3, max_new_tokens=2,
-        max_abs_logits_diff=1e-6 if passed else 0.5, weights_dtype="bfloat16", weights_bit_exact=True,
-        rounded_max_abs_logits_diff=0.01, prompts=[check], mlx="skipped: test",
-        failures=[] if passed else ["max |Δlogits| 0.5 > 0.001 on '你好'"],
-    )
-    with open(os.path.join(folder, REPORT_FILE), "w") as f:
-        f.write(report.to_json())
-    return str(folder)
 
 
 def test_push_creates_private_repo_with_model_card(standin, tmp_path):

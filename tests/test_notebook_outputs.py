@@ -19,7 +19,7 @@ import types
 
 import pytest
 from helpers import JsonReplyHandler
-from test_hub import fake_export
+from helpers import fake_export
 
 from kerasgemma import hub
 from kerasgemma import notebook

@@ -19,8 +19,7 @@ from kerasgemma.quantization import float_kernel
 from kerasgemma.quantization import quantization_mode
 from kerasgemma.quantization import quantize_base
 from kerasgemma.training import checkpoint
-from test_train_run import losses
-from test_train_run import tiny_config
+from helpers import losses, tiny_config
 
 
 @pytest.mark.slow

@@ -18,39 +18,7 @@ from kerasgemma.errors import UserError
 from kerasgemma.training.loop import TrainingDiverged
 from kerasgemma.training.metrics import PLOT_DATA_KEY
 from kerasgemma.training.optimizer import make_schedule
-
-
-def write_rows(path, count=24):
-    rows = [
-        {"id": str(i), "question": f"{i}加{i}等于几？", "human_answers": [f"{i}加{i}等于{2 * i}。"]}
-        for i in range(count)
-    ]
-    path.write_text("\n".join(json.dumps(row, ensure_ascii=False) for row in rows) + "\n", encoding="utf-8")
-    return path
-
-
-def tiny_config(tmp_path, **changes):
-    values = dict(
-        preset="tiny:gemma",
-        data=str(write_rows(tmp_path / "rows.jsonl")),
-        sequence_length=48,
-        batch_size=2,
-        validation_fraction=0.15,
-        learning_rate=1e-2,
-        warmup_steps=2,
-        max_steps=8,
-        eval_every=4,
-        save_every=2,
-        keep_checkpoints=2,
-        output_dir=str(tmp_path / "runs"),
-    )
-    values.update(changes)
-    return TrainConfig(**values)
-
-
-def losses(run_dir, key="train_loss"):
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {record["step"]: record[key] for record in records if key in record}
+from helpers import losses, tiny_config
 
 
 @pytest.fixture(scope="module")
