@@ -70,7 +70,21 @@ def tunix_model(folder, architecture):
         raise NotImplementedError(
             f"tunix reads {architecture} only from Google's own checkpoints (tunix.models.gemma4.params), "
             "not from a transformers folder")
-    return params_safetensors.create_model_from_safe_tensors(folder, config, mesh=None, dtype=jnp.bfloat16)
+    if architecture != "gemma":
+        return params_safetensors.create_model_from_safe_tensors(folder, config, mesh=None, dtype=jnp.bfloat16)
+    # tunix 0.1.7 reads every Gemma 1/2 folder with Gemma 2's names, so a Gemma 1 folder's pre-FFW norm
+    # (transformers' `post_attention_layernorm`) lands on the post-attention norm Gemma 1 does not have:
+    # "pytree structure error ... ['layers'][0]['pre_ffw_norm']['scale']". Its own mapping, that name fixed.
+    from tunix.models import safetensors_loader
+
+    def key_mapping(cfg):
+        mapping = params_safetensors._get_key_and_transform_mapping(cfg)
+        mapping[r"model\.layers\.([0-9]+)\.post_attention_layernorm\.weight"] = (r"layers.\1.pre_ffw_norm.scale", None)
+        return mapping
+
+    return safetensors_loader.load_and_create_model(
+        file_dir=folder, model_class=model_lib.Gemma, config=config, key_mapping=key_mapping, mesh=None,
+        preprocess_fn=params_safetensors._make_preprocess_fn(config), dtype=jnp.bfloat16)
 
 
 def tunix_inputs(batch, architecture):
@@ -106,7 +120,7 @@ def arm_tunix(folder, architecture, plan, steps, warmup):
 
     model = tunix_model(folder, architecture)
     provider = qwix.LoraProvider(module_path=".*q_einsum|.*kv_einsum", rank=LORA_RANK, alpha=float(LORA_RANK))
-    model = qwix.apply_lora_to_model(model, provider, **model.get_model_input())
+    model = qwix.apply_lora_to_model(model, provider, rngs=nnx.Rngs(0), **model.get_model_input())
     optimizer = nnx.Optimizer(model, optax.adamw(5e-5, weight_decay=0.01), wrt=nnx.LoRAParam)
 
     def loss_fn(model, input_tokens, positions, attention_mask, target_ids, loss_weights):
