@@ -31,6 +31,7 @@ baselines use the same rows count and length.
     python bench/train_throughput.py --models gemma_2b --arms kerasgemma hf_packed hf_packed_liger unsloth tunix \
         --steps 10 --out bench/results/peers.json
     python bench/train_throughput.py --models gemma_2b --sequence-length 4096 --remat block --arms kerasgemma hf_packed_liger
+    python bench/train_throughput.py --table a.json b.json    # one table from consecutive calls' --out files
 
 Columns: useful tokens/s, step time, peak device memory, compile (first-steps)
 time, loss after the timed steps, whether the arm computes kerasgemma's
@@ -397,6 +398,10 @@ def card_of(rows):
     return next((row["device"] for row in rows if row.get("device")), "unknown")
 
 
+def is_kerasgemma(arm):
+    return arm.startswith("kerasgemma")
+
+
 def _measured(row):
     return "error" not in row and "skipped" not in row
 
@@ -415,7 +420,7 @@ def compare_functions(rows, tolerance=SAME_FUNCTION_TOLERANCE):
     for row in rows:
         reference = next((r for r in rows if r["model"] == row["model"] and r["arm"] == "kerasgemma"
                           and "first_loss" in r), None)
-        if reference and "first_loss" in row and row["arm"] in KERASGEMMA_ARMS + PACKED_PEER_ARMS:
+        if reference and "first_loss" in row and (is_kerasgemma(row["arm"]) or row["arm"] in PACKED_PEER_ARMS):
             row["loss_difference"] = abs(row["first_loss"] - reference["first_loss"])
             row["same_function"] = row["loss_difference"] <= tolerance
     return rows
@@ -423,7 +428,7 @@ def compare_functions(rows, tolerance=SAME_FUNCTION_TOLERANCE):
 
 def best_peer(rows, model):
     """The fastest peer row of `model` that ran and does not compute another function, or None."""
-    peers = [r for r in rows if r["model"] == model and r["arm"] not in KERASGEMMA_ARMS and _measured(r)
+    peers = [r for r in rows if r["model"] == model and not is_kerasgemma(r["arm"]) and _measured(r)
              and r.get("same_function") is not False]
     return max(peers, key=lambda r: r["useful_tokens_per_second"], default=None)
 
@@ -496,12 +501,35 @@ def make_parser():
     parser.add_argument("--out", help="Write the rows as JSON here.")
     parser.add_argument("--smoke", action="store_true",
                         help="Tiny shapes on CPU, in-process: every arm that can run here, 1 warm-up + 1 step.")
+    parser.add_argument("--table", nargs="+", metavar="JSON",
+                        help="Print one table from the --out files of consecutive calls on one machine, then exit.")
     parser.add_argument("--one", nargs=2, metavar=("ARM", "MODEL"), help=argparse.SUPPRESS)
     return parser
 
 
+def combined_table(paths):
+    """One table from the --out files of consecutive calls with the same rows per step: the same-function
+    check and the best peer are taken over all their rows (kerasgemma's first row of a model is the reference;
+    a kerasgemma row run with remat is labelled so)."""
+    runs = []
+    for path in paths:
+        with open(path) as file:
+            runs.append(json.load(file))
+    shapes = {(run["sequence_length"], run["tokens_per_step"]) for run in runs}
+    if len(shapes) > 1:
+        raise SystemExit(f"--table: the runs have different rows per step {sorted(shapes)}; print them apart")
+    rows = [dict(row, arm=f"{row['arm']} (remat {row['remat']})") if row["arm"] in KERASGEMMA_ARMS
+            and row.get("remat", "none") != "none" else row for run in runs for row in run["rows"]]
+    (length, tokens), = shapes
+    return format_table(compare_functions(rows), card_of(rows),
+                        f", {tokens // length} rows x {length} tokens a step; runs: {', '.join(paths)}")
+
+
 def main(argv=None):
     args = make_parser().parse_args(argv)
+    if args.table:
+        print(combined_table(args.table))
+        return 0
     if args.tokens_per_step % args.sequence_length:
         print(f"--tokens-per-step {args.tokens_per_step} is not a multiple of --sequence-length "
               f"{args.sequence_length}", file=sys.stderr)

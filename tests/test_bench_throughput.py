@@ -47,6 +47,31 @@ def test_train_throughput_smoke(bench, tmp_path, capsys):
     assert packed > 0.95 > 0.5 > padded
 
 
+def _row(arm, speed, first_loss, **extra):
+    return dict(model="gemma_2b", arm=arm, useful_tokens_per_second=speed, useful_tokens=speed, seconds=1.0, steps=10,
+                compile_seconds=1.0, loss=12.0, first_loss=first_loss, peak_bytes=2**30, **extra)
+
+
+def test_table_ratios_against_the_best_peer_that_computes_the_same_function(bench, tmp_path):
+    import train_throughput
+
+    setting = dict(date="2026-11-29", sequence_length=1024, tokens_per_step=8192)
+    first = dict(setting, rows=[_row("kerasgemma", 50_000, 12.460, remat="none"),
+                                _row("hf_packed_liger", 40_000, 12.461)])
+    # A faster peer whose first loss is off (examples attending to each other) is shown but not counted.
+    second = dict(setting, rows=[_row("kerasgemma", 51_000, 12.460, remat="block"),
+                                 _row("unsloth", 60_000, 12.300), _row("tunix", 20_000, 12.4601)])
+    paths = []
+    for index, run in enumerate((first, second)):
+        paths.append(str(tmp_path / f"run{index}.json"))
+        (tmp_path / f"run{index}.json").write_text(json.dumps(run))
+    lines = train_throughput.combined_table(paths).splitlines()
+    row = {line.split(" | ")[1]: line.split(" | ") for line in lines[3:]}
+    assert row["kerasgemma"][-1] == "1.25x |" and row["kerasgemma (remat block)"][-1] == "1.27x |"
+    assert row["unsloth"][7].startswith("NO (0.1600)") and row["tunix"][7].startswith("yes")
+    assert "8 rows x 1024 tokens" in lines[0]
+
+
 def _tiny_hf_model(architecture):
     import torch
     import transformers
