@@ -43,6 +43,18 @@ def attention_for(architecture):
     return "eager" if architecture == "gemma2" else "sdpa"
 
 
+def positions_in_examples(segment_ids):
+    """Each token's position within its example (NumPy `kerasgemma.attention.segment_positions`, no JAX here).
+
+    >>> positions_in_examples(np.array([[1, 1, 1, 2, 2, 0, 0]])).tolist()
+    [[0, 1, 2, 0, 1, 0, 1]]
+    """
+    segment_ids = np.asarray(segment_ids)
+    index = np.broadcast_to(np.arange(segment_ids.shape[1]), segment_ids.shape)
+    starts = np.concatenate([np.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], 1)
+    return index - np.maximum.accumulate(np.where(starts, index, 0), axis=1)
+
+
 def packed_batch(batch, one_row=False):
     """A kerasgemma packed batch as transformers' padding-free inputs, NumPy int64.
 
@@ -64,10 +76,7 @@ def packed_batch(batch, one_row=False):
     >>> inputs["labels"].tolist()
     [[-100, -100, 6, 1, -100, 1]]
     """
-    segment_ids = np.asarray(batch["segment_ids"])
-    index = np.broadcast_to(np.arange(segment_ids.shape[1]), segment_ids.shape)
-    starts = np.concatenate([np.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], 1)
-    positions = index - np.maximum.accumulate(np.where(starts, index, 0), axis=1)
+    positions = positions_in_examples(batch["segment_ids"])
     shift_labels = np.where(np.asarray(batch["loss_weights"]) > 0, batch["target_ids"], IGNORE).astype(np.int64)
     token_ids = np.asarray(batch["token_ids"], np.int64)
     if one_row:

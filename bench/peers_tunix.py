@@ -30,6 +30,7 @@ import os
 import time
 
 import numpy as np
+from peers_torch import positions_in_examples
 
 LORA_RANK = 4
 
@@ -98,12 +99,10 @@ def tunix_inputs(batch, architecture):
     """
     segment_ids = np.asarray(batch["segment_ids"])
     length = segment_ids.shape[1]
-    index = np.broadcast_to(np.arange(length), segment_ids.shape)
     if architecture == "gemma2":
-        positions = index
+        positions = np.broadcast_to(np.arange(length), segment_ids.shape)
     else:
-        starts = np.concatenate([np.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], 1)
-        positions = index - np.maximum.accumulate(np.where(starts, index, 0), axis=1)
+        positions = positions_in_examples(segment_ids)
     same = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, :, None] != 0)
     mask = same & np.tril(np.ones((length, length), bool))[None]
     return dict(input_tokens=np.asarray(batch["token_ids"], np.int32), positions=positions.astype(np.int32),
