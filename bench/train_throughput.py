@@ -20,7 +20,7 @@ Same function first: the kerasgemma arm writes its initial weights as a
 transformers folder with kerasgemma's export mapping (`--shared-dir`), every
 peer starts from that folder, and each packed arm's first-step loss (the
 weights as loaded, LoRA B = 0) is compared with kerasgemma's: `same_function`
-is true within `SAME_FUNCTION_TOLERANCE`.
+is true within `peers_table.SAME_FUNCTION_TOLERANCE`.
 
 Tokens per step are fixed (`--tokens-per-step`, 8192): rows of
 `--sequence-length` L, `8192 // L` of them (8 x 1024, 2 x 4096, 1 x 8192),
@@ -33,10 +33,11 @@ baselines use the same rows count and length.
     python bench/train_throughput.py --models gemma_2b --sequence-length 4096 --remat block --arms kerasgemma hf_packed_liger
     python bench/train_throughput.py --table a.json b.json    # one table from consecutive calls' --out files
 
-Columns: useful tokens/s, step time, peak device memory, compile (first-steps)
-time, loss after the timed steps, whether the arm computes kerasgemma's
-function, and speed relative to kerasgemma and to the best peer of the same
-model in the same run (peers that compute another function are not counted).
+Columns (bench/peers_table.py): useful tokens/s, step time, peak device memory,
+compile (first-steps) time, loss after the timed steps, whether the arm
+computes kerasgemma's function, and speed relative to kerasgemma and to the
+best peer of the same model in the same run (peers that compute another
+function are not counted).
 """
 
 import argparse
@@ -50,16 +51,20 @@ import tempfile
 import time
 
 import numpy as np
+from peers_table import ARMS
+from peers_table import KERASGEMMA_ARMS
+from peers_table import card_of
+from peers_table import combined_table
+from peers_table import compare_functions
+from peers_table import format_table
+from peers_table import measured
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SEQUENCE_LENGTH = 1024  # the longest example is SEQUENCE_LENGTH + 1 ids, whatever the row length
 TOKENS_PER_STEP = 8192
 BATCH_SIZE = TOKENS_PER_STEP // SEQUENCE_LENGTH
 LORA_RANK = 4
-# First-step losses of two bf16 implementations of one function differ by rounding only (<= 3e-4 on the tiny
-# shapes: transformers, Tunix); letting packed examples attend to each other moved a 4-layer model's first loss
-# by 7e-3 at kerasgemma-like initial scales. See bench/NOTES.md ("Same function") for what this cannot see.
-SAME_FUNCTION_TOLERANCE = 0.005
+
 
 # Keras-hub backbone arguments; Gemma 1/2 keras `intermediate_dim` is twice HF's.
 SHAPES = {
@@ -111,12 +116,6 @@ def _config_shapes():
 
 
 SHAPES.update(_config_shapes())
-KERASGEMMA_ARMS = ("kerasgemma", "kerasgemma_reference_loss")
-BASELINE_ARMS = ("kerashub_fit_bf16", "kerashub_fit_fp32", "hf_peft_eager", "hf_peft_compile")
-PACKED_PEER_ARMS = ("hf_packed", "hf_packed_liger", "hf_packed_liger_compile", "unsloth", "tunix")
-ARMS = KERASGEMMA_ARMS + BASELINE_ARMS + PACKED_PEER_ARMS
-
-
 def hc3_like_lengths(count, seed=0, max_length=SEQUENCE_LENGTH):
     """Prompt and answer lengths in tokens, HC3-like: median total about 180, long tail.
 
@@ -397,70 +396,6 @@ def device_name():
         return "unknown"
 
 
-def card_of(rows):
-    return next((row["device"] for row in rows if row.get("device")), "unknown")
-
-
-def is_kerasgemma(arm):
-    return arm.startswith("kerasgemma")
-
-
-def _measured(row):
-    return "error" not in row and "skipped" not in row
-
-
-def compare_functions(rows, tolerance=SAME_FUNCTION_TOLERANCE):
-    """Mark each packed arm's row with `loss_difference` and `same_function` against kerasgemma's first loss.
-
-    Padded arms see other first batches, so they get neither.
-
-    Example:
-    >>> rows = [{"model": "m", "arm": "kerasgemma", "first_loss": 12.46},
-    ...         {"model": "m", "arm": "hf_packed", "first_loss": 12.461}, {"model": "m", "arm": "unsloth", "first_loss": 12.9}]
-    >>> [(r["arm"], r["same_function"]) for r in compare_functions(rows)]
-    [('kerasgemma', True), ('hf_packed', True), ('unsloth', False)]
-    """
-    for row in rows:
-        reference = next((r for r in rows if r["model"] == row["model"] and r["arm"] == "kerasgemma"
-                          and "first_loss" in r), None)
-        if reference and "first_loss" in row and (is_kerasgemma(row["arm"]) or row["arm"] in PACKED_PEER_ARMS):
-            row["loss_difference"] = abs(row["first_loss"] - reference["first_loss"])
-            row["same_function"] = row["loss_difference"] <= tolerance
-    return rows
-
-
-def best_peer(rows, model):
-    """The fastest peer row of `model` that ran and does not compute another function, or None."""
-    peers = [r for r in rows if r["model"] == model and not is_kerasgemma(r["arm"]) and _measured(r)
-             and r.get("same_function") is not False]
-    return max(peers, key=lambda r: r["useful_tokens_per_second"], default=None)
-
-
-def format_table(rows, card, setting=""):
-    header = ("model", "arm", "useful tok/s", "step ms", "peak GiB", "compile s", "loss", "same function (Δ first loss)",
-              "vs kerasgemma", "vs best peer")
-    lines = [f"card: {card}{setting}", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        head = f"| {row['model']} | {row['arm']} |"
-        if not _measured(row):
-            what = f"skipped: {row['skipped']}" if "skipped" in row else f"failed: {row['error']}"
-            lines.append(f"{head} {what[:160]} |" + " |" * (len(header) - 3))
-            continue
-        speed = row["useful_tokens_per_second"]
-        base = next((r for r in rows if r["model"] == row["model"] and r["arm"] == "kerasgemma" and _measured(r)), None)
-        peer = best_peer(rows, row["model"])
-        ratio = lambda other: f"{speed / other['useful_tokens_per_second']:.2f}x" if other else "n/a"
-        peak = f"{row['peak_bytes'] / 2**30:.1f}" if row.get("peak_bytes") else "n/a"
-        same = "n/a"
-        if "same_function" in row:
-            same = f"{'yes' if row['same_function'] else 'NO'} ({row['loss_difference']:.4f})"
-        lines.append(
-            f"{head} {speed:,.0f} | {1000 * row['seconds'] / row['steps']:.0f} | {peak} | "
-            f"{row['compile_seconds']:.1f} | {row['loss']:.3f} | {same} | {ratio(base)} | {ratio(peer)} |"
-        )
-    return "\n".join(lines)
-
-
 def run_child(arm, model, args, shared_dir):
     """One arm in its own process (its own peak memory); its row, or the error's last line."""
     env = dict(os.environ, KERAS_BACKEND="jax", XLA_PYTHON_CLIENT_PREALLOCATE="false", TF_CPP_MIN_LOG_LEVEL="3")
@@ -510,24 +445,6 @@ def make_parser():
     return parser
 
 
-def combined_table(paths):
-    """One table from the --out files of consecutive calls with the same rows per step: the same-function
-    check and the best peer are taken over all their rows (kerasgemma's first row of a model is the reference;
-    a kerasgemma row run with remat is labelled so)."""
-    runs = []
-    for path in paths:
-        with open(path) as file:
-            runs.append(json.load(file))
-    shapes = {(run["sequence_length"], run["tokens_per_step"]) for run in runs}
-    if len(shapes) > 1:
-        raise SystemExit(f"--table: the runs have different rows per step {sorted(shapes)}; print them apart")
-    rows = [dict(row, arm=f"{row['arm']} (remat {row['remat']})") if row["arm"] in KERASGEMMA_ARMS
-            and row.get("remat", "none") != "none" else row for run in runs for row in run["rows"]]
-    (length, tokens), = shapes
-    return format_table(compare_functions(rows), card_of(rows),
-                        f", {tokens // length} rows x {length} tokens a step; runs: {', '.join(paths)}")
-
-
 def main(argv=None):
     args = make_parser().parse_args(argv)
     if args.table:
@@ -563,7 +480,7 @@ def main(argv=None):
                        device=device_name())
         else:
             row.update(run_child(arm, model, args, args.shared_dir))
-        if _measured(row):
+        if measured(row):
             row["useful_tokens_per_second"] = row["useful_tokens"] / row["seconds"]
         rows.append(row)
         compare_functions(rows)

@@ -12,7 +12,7 @@ ROOT = REPO_ROOT
 
 @pytest.fixture(scope="module")
 def bench():
-    """bench/ on the path, for its modules (train_throughput, peers_torch, levers, memory)."""
+    """bench/ on the path, for its modules (train_throughput, peers_*, levers, memory)."""
     sys.path.insert(0, str(ROOT / "bench"))
     yield
     sys.path.remove(str(ROOT / "bench"))
@@ -53,7 +53,7 @@ def _row(arm, speed, first_loss, **extra):
 
 
 def test_table_ratios_against_the_best_peer_that_computes_the_same_function(bench, tmp_path):
-    import train_throughput
+    import peers_table
 
     setting = dict(date="2026-11-29", sequence_length=1024, tokens_per_step=8192)
     first = dict(setting, rows=[_row("kerasgemma", 50_000, 12.460, remat="none"),
@@ -65,7 +65,7 @@ def test_table_ratios_against_the_best_peer_that_computes_the_same_function(benc
     for index, run in enumerate((first, second)):
         paths.append(str(tmp_path / f"run{index}.json"))
         (tmp_path / f"run{index}.json").write_text(json.dumps(run))
-    lines = train_throughput.combined_table(paths).splitlines()
+    lines = peers_table.combined_table(paths).splitlines()
     row = {line.split(" | ")[1]: line.split(" | ") for line in lines[3:]}
     assert row["kerasgemma"][-1] == "1.25x |" and row["kerasgemma (remat block)"][-1] == "1.27x |"
     assert row["unsloth"][7].startswith("NO (0.1600)") and row["tunix"][7].startswith("yes")
