@@ -204,16 +204,18 @@ def liger_patch(architecture):
     return getattr(monkey_patch, f"apply_liger_kernel_to_{name}")
 
 
-def arm_hf_packed(folder, architecture, plan, steps, warmup, liger=False, compile_model=False):
+def arm_hf_packed(folder, architecture, plan, steps, warmup, liger=False, compile_model=False, across_examples=False):
     """transformers + PEFT on kerasgemma's packed rows, padding-free (see the module docstring);
-    `liger`: Liger's kernels patched in before loading; `compile_model`: regional `torch.compile`."""
+    `liger`: Liger's kernels patched in before loading; `compile_model`: regional `torch.compile`;
+    `across_examples`: the control, transformers' default KV cache left on, so examples attend to each other."""
     if liger:
         liger_patch(architecture)()
     model = load_model(folder, architecture)
     if compile_model:
         compile_layers(model, dynamic=False)
     batches = [_on_device(packed_batch(batch)) for batch in plan]
-    timed = time_torch_steps(model, batches, warmup, lambda m, b: m(**b, use_cache=False).loss)
+    cache = {} if across_examples else {"use_cache": False}
+    timed = time_torch_steps(model, batches, warmup, lambda m, b: m(**b, **cache).loss)
     return dict(**timed, steps=steps, attention=attention_for(architecture))
 
 

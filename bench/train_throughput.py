@@ -15,12 +15,15 @@ Arms (`ARMS`):
   transformers + PEFT padding-free (`hf_packed`), + Liger kernels
   (`hf_packed_liger`), + regional `torch.compile` (`hf_packed_liger_compile`),
   Unsloth (`unsloth`), Tunix with qwix LoRA (`tunix`).
+- a control, never counted as a peer: `hf_packed_across_examples`, hf_packed
+  with transformers' default KV cache, which lets the examples of a row attend
+  to each other: what a peer computing another function looks like.
 
 Same function first: the kerasgemma arm writes its initial weights as a
 transformers folder with kerasgemma's export mapping (`--shared-dir`), every
 peer starts from that folder, and each packed arm's first-step loss (the
 weights as loaded, LoRA B = 0) is compared with kerasgemma's: `same_function`
-is true within `peers_table.SAME_FUNCTION_TOLERANCE`.
+is true within `peers_table.SAME_FUNCTION_TOLERANCE` (read it next to the control's difference).
 
 Tokens per step are fixed (`--tokens-per-step`, 8192): rows of
 `--sequence-length` L, `8192 // L` of them (8 x 1024, 2 x 4096, 1 x 8192),
@@ -36,8 +39,7 @@ baselines use the same rows count and length.
 Columns (bench/peers_table.py): useful tokens/s, step time, peak device memory,
 compile (first-steps) time, loss after the timed steps, whether the arm
 computes kerasgemma's function, and speed relative to kerasgemma and to the
-best peer of the same model in the same run (peers that compute another
-function are not counted).
+fastest peer of the same model in the same run (the control aside).
 """
 
 import argparse
@@ -367,7 +369,8 @@ def run_arm(arm, shape, steps, warmup, seed, sequence_length=SEQUENCE_LENGTH, to
     plan = packed_plan(sequences, rows, sequence_length, warmup + steps)
     if arm.startswith("hf_packed"):
         row = peers_torch.arm_hf_packed(folder, spec["arch"], plan, steps, warmup, liger="liger" in arm,
-                                        compile_model=arm.endswith("compile"))
+                                        compile_model=arm.endswith("compile"),
+                                        across_examples=arm.endswith("across_examples"))
     elif arm == "unsloth":
         row = peers_torch.arm_unsloth(folder, spec["arch"], plan, steps, warmup, rows * sequence_length)
     elif arm == "tunix":
