@@ -110,9 +110,9 @@ def compile_variant(name, shape, dtype="bfloat16"):
                 output_bytes=int(memory.output_size_in_bytes))
 
 
-def run_variant(name, shape, steps, warmup, profile_dir=None):
+def run_variant(name, shape, steps, warmup, profile_dir=None, batch_size=tt.BATCH_SIZE, profile_steps=3):
     _, options, _ = VARIANTS[name]
-    options = dict(options)
+    options = dict({"batch_size": batch_size}, **options)
     import jax
 
     import kerasgemma.forward
@@ -128,15 +128,14 @@ def run_variant(name, shape, steps, warmup, profile_dir=None):
     row["useful_tokens_per_second"] = row["useful_tokens"] / row["seconds"]
     row["device"] = jax.devices()[0].device_kind
     if profile_dir:
-        _, step, state, frozen, plan = tt.kerasgemma_setup(shape, sequences, 3, 2, **options)
-        for batch in plan[:2]:
-            state, loss, _ = step(state, frozen, batch)
+        _, step, state, frozen, plan = tt.kerasgemma_setup(shape, sequences, profile_steps, 1, **options)
+        state, loss, _ = step(state, frozen, plan[0])
         float(loss)
         with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
-            for batch in plan[2:]:
+            for batch in plan[1:]:
                 state, loss, _ = step(state, frozen, batch)
             float(loss)
-        row["profile"] = summarize_trace(profile_dir, 3)
+        row["profile"] = summarize_trace(profile_dir, profile_steps)
     return row
 
 
@@ -160,7 +159,10 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--profile", action="store_true", help="Trace the default variant and print a kernel summary.")
     parser.add_argument("--out", help="Write the rows as JSON here.")
-    parser.add_argument("--smoke", action="store_true", help="Tiny shapes on CPU: every variant, 2 steps.")
+    parser.add_argument("--batch-size", type=int, default=tt.BATCH_SIZE, help="Packed rows per step (default 8).")
+    parser.add_argument("--profile-steps", type=int, default=3, help="Steps traced by --profile (default 3).")
+    parser.add_argument("--smoke", action="store_true",
+                        help="Tiny shapes on CPU, 2 rows, 1 warm-up + 1 step (1 traced), in seconds.")
     parser.add_argument("--compile-only", action="store_true",
                         help="Only compile each variant's step: XLA's FLOPs and temporary bytes, no timing.")
     parser.add_argument("--dtype", default="bfloat16", help="Base weight dtype for --compile-only.")
@@ -168,12 +170,13 @@ def main(argv=None):
     parser.add_argument("--profile-dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.smoke:
-        args.model, args.steps, args.warmup = "tiny", 2, 1
+        args.model, args.steps, args.warmup, args.batch_size, args.profile_steps = "tiny", 1, 1, 2, 1
     if args.one and args.compile_only:
         print(json.dumps(compile_variant(args.one, args.model, args.dtype)))
         return 0
     if args.one:
-        print(json.dumps(run_variant(args.one, args.model, args.steps, args.warmup, args.profile_dir)))
+        print(json.dumps(run_variant(args.one, args.model, args.steps, args.warmup, args.profile_dir, args.batch_size,
+                                     args.profile_steps)))
         return 0
     rows = []
     for name in args.variants:
@@ -181,7 +184,8 @@ def main(argv=None):
         env = dict(os.environ, KERAS_BACKEND="jax", XLA_PYTHON_CLIENT_PREALLOCATE="false", TF_CPP_MIN_LOG_LEVEL="3")
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + flags).strip()
         command = [sys.executable, __file__, "--one", name, "--model", args.model, "--steps", str(args.steps),
-                   "--warmup", str(args.warmup)] + ["--compile-only", "--dtype", args.dtype] * args.compile_only
+                   "--warmup", str(args.warmup), "--batch-size", str(args.batch_size),
+                   "--profile-steps", str(args.profile_steps)] + ["--compile-only", "--dtype", args.dtype] * args.compile_only
         if args.profile and name == "default":
             command += ["--profile-dir", os.path.abspath(os.path.join(os.path.dirname(args.out or "."), "profile"))]
         started = time.perf_counter()

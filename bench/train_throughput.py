@@ -1,31 +1,72 @@
-"""LoRA fine-tuning throughput: kerasgemma vs the stock keras-hub recipe vs transformers + PEFT.
+"""LoRA fine-tuning throughput: kerasgemma against its strongest peers, on the same examples and weights.
 
 Every arm trains the same randomly initialised model shape, LoRA rank 4 on the
 query/value projections, AdamW, on the *same* token sequences, whose lengths
-follow an HC3-like distribution (see `hc3_like_lengths`). Each arm batches
-them its own way — which is the point: useful (non-padding) tokens per second
-is the figure that matters. Arms run one per subprocess so each peak-memory
-figure is its own.
+follow an HC3-like distribution (see `hc3_like_lengths`). Arms run one per
+subprocess so each peak-memory figure is its own.
 
-    python bench/train_throughput.py --smoke                 # tiny shapes, CPU, seconds
-    python bench/train_throughput.py --out bench/results.json   # every arm on Gemma 2B, kerasgemma on Gemma 2 / 3
+Arms (`ARMS`):
+- kerasgemma: packed rows (`kerasgemma.data.Batches`), bf16 base weights,
+  float32 LoRA beside the kernel, sliced fused loss; `kerasgemma_reference_loss`
+  with the full float32 logits instead.
+- notebook baselines, padded: keras-hub `fit` (bf16, float32) padded to the row
+  length; transformers + PEFT padded to each batch's longest (eager, regional compile).
+- peers on kerasgemma's own packed rows (bench/peers_torch.py, bench/peers_tunix.py):
+  transformers + PEFT padding-free (`hf_packed`), + Liger kernels
+  (`hf_packed_liger`), + regional `torch.compile` (`hf_packed_liger_compile`),
+  Unsloth (`unsloth`), Tunix with qwix LoRA (`tunix`).
+- a control, never counted as a peer: `hf_packed_across_examples`, hf_packed
+  with transformers' default KV cache, which lets the examples of a row attend
+  to each other: what a peer computing another function looks like.
 
-Columns: useful tokens/s, step time, peak device memory, compile (first-step)
-time, loss after the timed steps, and each arm's speed relative to kerasgemma.
+Same function first: the kerasgemma arm writes its initial weights as a
+transformers folder with kerasgemma's export mapping (`--shared-dir`), every
+peer starts from that folder, and each packed arm's first-step loss (the
+weights as loaded, LoRA B = 0) is compared with kerasgemma's: `same_function`
+is true within `peers_table.SAME_FUNCTION_TOLERANCE` (read it next to the control's difference).
+
+Tokens per step are fixed (`--tokens-per-step`, 8192): rows of
+`--sequence-length` L, `8192 // L` of them (8 x 1024, 2 x 4096, 1 x 8192),
+packed from the same examples (at most 1025 tokens each). The padded
+baselines use the same rows count and length.
+
+    python bench/train_throughput.py --smoke                 # tiny shapes, CPU, every arm that runs here
+    python bench/train_throughput.py --models gemma_2b --arms kerasgemma hf_packed hf_packed_liger unsloth tunix \
+        --steps 10 --out bench/results/peers.json
+    python bench/train_throughput.py --models gemma_2b --sequence-length 4096 --remat block --arms kerasgemma hf_packed_liger
+    python bench/train_throughput.py --table a.json b.json    # one table from consecutive calls' --out files
+
+Columns (bench/peers_table.py): useful tokens/s, step time, peak device memory,
+compile (first-steps) time, loss after the timed steps, whether the arm
+computes kerasgemma's function, and speed relative to kerasgemma and to the
+fastest peer of the same model in the same run (the control aside).
 """
 
 import argparse
+import importlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
+from peers_table import ARMS
+from peers_table import KERASGEMMA_ARMS
+from peers_table import card_of
+from peers_table import combined_table
+from peers_table import compare_functions
+from peers_table import format_table
+from peers_table import measured
 
-SEQUENCE_LENGTH = 1024
-BATCH_SIZE = 8
+HERE = os.path.dirname(os.path.abspath(__file__))
+SEQUENCE_LENGTH = 1024  # the longest example is SEQUENCE_LENGTH + 1 ids, whatever the row length
+TOKENS_PER_STEP = 8192
+BATCH_SIZE = TOKENS_PER_STEP // SEQUENCE_LENGTH
 LORA_RANK = 4
+
 
 # Keras-hub backbone arguments; Gemma 1/2 keras `intermediate_dim` is twice HF's.
 SHAPES = {
@@ -62,22 +103,21 @@ def _gemma4_shape(config):
     return dict(arch="gemma4", keras=dict(config, vision_encoder=None, audio_encoder=None))
 
 
-def _gemma4_shapes():
-    # Real E2B/E4B shapes from the preset configs kerasgemma sizes runs with.
+def _config_shapes():
+    # Real E2B/E4B shapes from the preset configs kerasgemma sizes runs with; tiny ones for CPU smoke runs.
     from kerasgemma.distribution.sizing import GEMMA4_TEXT_CONFIGS
     from kerasgemma.tiny import tiny_backbone_config
 
     return {
         "gemma4_e2b": _gemma4_shape(GEMMA4_TEXT_CONFIGS["gemma4_2b"]),
         "gemma4_e4b": _gemma4_shape(GEMMA4_TEXT_CONFIGS["gemma4_4b"]),
+        "tiny_gemma2": dict(arch="gemma2", keras=tiny_backbone_config("gemma2", 1024)),
+        "tiny_gemma3": dict(arch="gemma3", keras=tiny_backbone_config("gemma3", 1024)),
         "tiny_gemma4": _gemma4_shape(tiny_backbone_config("gemma4", 1024)),
     }
 
 
-SHAPES.update(_gemma4_shapes())
-ARMS = ("kerasgemma", "kerasgemma_reference_loss", "kerashub_fit_bf16", "kerashub_fit_fp32", "hf_peft_eager", "hf_peft_compile")
-
-
+SHAPES.update(_config_shapes())
 def hc3_like_lengths(count, seed=0, max_length=SEQUENCE_LENGTH):
     """Prompt and answer lengths in tokens, HC3-like: median total about 180, long tail.
 
@@ -133,41 +173,66 @@ def _keras_model(shape, dtype):
     return lm_cls(backbone=backbone, preprocessor=None)
 
 
+def packed_plan(sequences, rows, sequence_length, count):
+    """The first `count` batches of kerasgemma's own packing of `sequences`: `rows` x `sequence_length` each."""
+    from kerasgemma.data import Batches, TokenizedExample
+
+    iterator = Batches([TokenizedExample(ids, mask) for ids, mask in sequences], rows, sequence_length).epoch(0)
+    return [next(iterator) for _ in range(count)]
+
+
+def save_shared_weights(lm, architecture, folder):
+    """Write `lm`'s weights to `folder` as a transformers folder, with kerasgemma's own export mapping.
+
+    `export_merged` reads only `.backbone` and `.preprocessor.tokenizer`; the
+    tokenizer is kerasgemma's tiny one (only its special ids reach config.json;
+    Unsloth wants tokenizer files in the folder). The folder appears once complete.
+    """
+    from types import SimpleNamespace
+
+    from kerasgemma.export import export_merged
+    from kerasgemma.tiny import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer(architecture)
+    export_merged(SimpleNamespace(backbone=lm.backbone, preprocessor=SimpleNamespace(tokenizer=tokenizer)), folder,
+                  overwrite=True)
+
+
 def kerasgemma_setup(shape, sequences, steps, warmup, dtype="bfloat16", fused_loss=True, batch_size=BATCH_SIZE,
-                     lora_path="beside", lora_targets="query,value"):
+                     lora_path="beside", lora_targets="query,value", sequence_length=SEQUENCE_LENGTH, remat="none"):
     """The model, the kerasgemma step, its state and `warmup + steps` packed batches, ready to time.
 
     `lora_path`: "beside" (kerasgemma's `x·W + (alpha/r)·(x·A)·B`) or Keras'
-    "merged" `x·(W + (alpha/r)·A·B)`, see `kerasgemma.lora_path`."""
+    "merged" `x·(W + (alpha/r)·A·B)`, see `kerasgemma.lora_path`; `remat`: see
+    `kerasgemma.remat`."""
     import jax
 
     from kerasgemma.config import TrainConfig
-    from kerasgemma.data import Batches, TokenizedExample
     from kerasgemma.model import enable_lora
     from kerasgemma.training import make_optimizer, make_train_step, stack_micro_batches
 
     lm = _keras_model(shape, dtype)
     enable_lora(lm, LORA_RANK, targets=lora_targets, lora_path=lora_path)
-    batches = Batches([TokenizedExample(ids, mask) for ids, mask in sequences], batch_size, SEQUENCE_LENGTH)
     config = TrainConfig(learning_rate=5e-5, weight_decay=0.01, max_grad_norm=None, schedule="constant")
     optimizer = make_optimizer(config, steps + warmup, lm.trainable_variables)
-    step = make_train_step(lm, optimizer, fused_loss=fused_loss)
+    step = make_train_step(lm, optimizer, fused_loss=fused_loss, remat=remat)
     state = ([jax.numpy.array(v.value) for v in lm.trainable_variables], [v.value for v in optimizer.variables])
     frozen = [v.value for v in lm.non_trainable_variables]
-    iterator = batches.epoch(0)
-    plan = [stack_micro_batches([next(iterator)]) for _ in range(warmup + steps)]
+    plan = [stack_micro_batches([b]) for b in packed_plan(sequences, batch_size, sequence_length, warmup + steps)]
     return lm, step, state, frozen, plan
 
 
 def time_train_steps(step, state, frozen, plan, warmup):
     """Run `plan`'s batches through a kerasgemma train step: the first `warmup` (compile included) untimed.
 
-    Returns a dict with useful_tokens (non-padding tokens of the timed batches), seconds, compile_seconds
-    and the last loss.
+    Returns a dict with useful_tokens (non-padding tokens of the timed batches), seconds, compile_seconds,
+    the first step's loss (the weights as built) and the last loss.
     """
     started = time.perf_counter()
-    for batch in plan[:warmup]:
+    for index, batch in enumerate(plan[:warmup]):
         state, loss, _ = step(state, frozen, batch)
+        if index == 0:
+            first_loss = float(loss)
     float(loss)
     compile_seconds = time.perf_counter() - started
     started = time.perf_counter()
@@ -176,18 +241,23 @@ def time_train_steps(step, state, frozen, plan, warmup):
     loss = float(loss)
     seconds = time.perf_counter() - started
     useful = sum(int(np.count_nonzero(b["segment_ids"])) for b in plan[warmup:])
-    return dict(useful_tokens=useful, seconds=seconds, compile_seconds=compile_seconds, loss=loss)
+    return dict(useful_tokens=useful, seconds=seconds, compile_seconds=compile_seconds, first_loss=first_loss,
+                loss=loss)
 
 
 def arm_kerasgemma(shape, sequences, steps, warmup, dtype="bfloat16", fused_loss=True, batch_size=BATCH_SIZE,
-                   lora_path="beside", lora_targets="query,value"):
+                   lora_path="beside", lora_targets="query,value", sequence_length=SEQUENCE_LENGTH, remat="none",
+                   shared_folder=None):
     """kerasgemma defaults: packed rows, bf16 base weights, float32 LoRA beside the frozen kernel, jitted
-    donated step, sliced vocabulary projection with a fused loss gradient (`fused_loss=False`: the lever off)."""
-    _, step, state, frozen, plan = kerasgemma_setup(shape, sequences, steps, warmup, dtype, fused_loss, batch_size,
-                                                    lora_path, lora_targets)
+    donated step, sliced vocabulary projection with a fused loss gradient (`fused_loss=False`: the lever off).
+    `shared_folder`: where to write the initial weights for the peers, unless already there."""
+    lm, step, state, frozen, plan = kerasgemma_setup(shape, sequences, steps, warmup, dtype, fused_loss, batch_size,
+                                                     lora_path, lora_targets, sequence_length, remat)
+    if shared_folder and not os.path.isfile(os.path.join(shared_folder, "config.json")):
+        save_shared_weights(lm, SHAPES[shape]["arch"], shared_folder)
     timed = time_train_steps(step, state, frozen, plan, warmup)
-    return dict(**timed, computed_tokens=steps * batch_size * SEQUENCE_LENGTH,
-                steps=steps, peak_bytes=_jax_peak_bytes())
+    return dict(**timed, computed_tokens=steps * batch_size * sequence_length,
+                steps=steps, peak_bytes=_jax_peak_bytes(), remat=remat)
 
 
 def _padded(sequences, length):
@@ -201,8 +271,8 @@ def _padded(sequences, length):
     return token_ids, targets, weights
 
 
-def arm_kerashub_fit(shape, sequences, steps, warmup, dtype):
-    """The reference notebook: enable_lora(4), AdamW(5e-5, wd 0.01), fit on examples padded to 1024.
+def arm_kerashub_fit(shape, sequences, steps, warmup, dtype, batch_size=BATCH_SIZE, sequence_length=SEQUENCE_LENGTH):
+    """The reference notebook: enable_lora(4), AdamW(5e-5, wd 0.01), fit on examples padded to the row length.
 
     `keras.Model.fit` on NumPy arrays is the same computation as keras-hub's
     `Task.fit` without the tf.data pipeline (which needs TensorFlow).
@@ -218,121 +288,102 @@ def arm_kerashub_fit(shape, sequences, steps, warmup, dtype):
         optimizer=optimizer,
         weighted_metrics=[keras.metrics.SparseCategoricalAccuracy()],
     )
-    count = (warmup + steps) * BATCH_SIZE
-    token_ids, targets, weights = _padded(sequences[:count], SEQUENCE_LENGTH)
+    count = (warmup + steps) * batch_size
+    token_ids, targets, weights = _padded(sequences[:count], sequence_length)
     x = {"token_ids": token_ids, "padding_mask": token_ids != 0}
     x["padding_mask"][:, 0] = True
     fit = lambda sl: keras.Model.fit(lm, {k: v[sl] for k, v in x.items()}, targets[sl], sample_weight=weights[sl],
-                                     batch_size=BATCH_SIZE, epochs=1, shuffle=False, verbose=0)
+                                     batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
     started = time.perf_counter()
-    fit(slice(0, warmup * BATCH_SIZE))
+    fit(slice(0, warmup * batch_size))
     compile_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    history = fit(slice(warmup * BATCH_SIZE, count))
+    history = fit(slice(warmup * batch_size, count))
     seconds = time.perf_counter() - started
-    useful = int(sum(len(ids) - 1 for ids, _ in sequences[warmup * BATCH_SIZE : count]))
-    return dict(useful_tokens=useful, computed_tokens=steps * BATCH_SIZE * SEQUENCE_LENGTH, seconds=seconds,
+    useful = int(sum(len(ids) - 1 for ids, _ in sequences[warmup * batch_size : count]))
+    return dict(useful_tokens=useful, computed_tokens=steps * batch_size * sequence_length, seconds=seconds,
                 steps=steps, compile_seconds=compile_seconds, loss=float(history.history["loss"][-1]),
                 peak_bytes=_jax_peak_bytes())
 
 
-def _hf_model(shape):
-    import transformers
+# What each peer arm needs beyond transformers + PEFT: a CUDA GPU (what for), and modules to import.
+NEEDS_CUDA = {"hf_packed_liger": "Liger's Triton kernels", "hf_packed_liger_compile": "Liger's Triton kernels",
+              "unsloth": "Unsloth"}
+NEEDS_MODULES = {"hf_packed_liger": ("liger_kernel.transformers",),
+                 "hf_packed_liger_compile": ("liger_kernel.transformers",),
+                 "unsloth": ("unsloth",),  # first, before transformers' models: it patches them
+                 "tunix": ("qwix", "tunix.models.gemma.model")}
 
+
+def missing_requirement(arm):
+    """Why `arm` cannot run here (no CUDA GPU, or its library fails to import), or None.
+
+    The reason is the exact error where an import fails.
+
+    Example:
+    >>> missing_requirement("hf_packed") is None
+    True
+    """
+    try:
+        if arm in NEEDS_CUDA:
+            import torch
+
+            if not torch.cuda.is_available():
+                return f"{NEEDS_CUDA[arm]}: a CUDA GPU is needed, torch {torch.__version__} here has none"
+        for module in NEEDS_MODULES.get(arm, ()):
+            importlib.import_module(module)
+    except Exception as error:  # noqa: BLE001 (any import failure is the reason)
+        return f"{type(error).__name__}: {error}".splitlines()[0]
+    return None
+
+
+def shared_folder_of(shared_dir, shape, seed):
+    return os.path.join(shared_dir, f"{shape}-seed{seed}")
+
+
+def run_arm(arm, shape, steps, warmup, seed, sequence_length=SEQUENCE_LENGTH, tokens_per_step=TOKENS_PER_STEP,
+            remat="none", shared_dir=None):
+    """One arm's row: tokens, seconds, losses, peak bytes; or `{"skipped": reason}`."""
+    reason = missing_requirement(arm)
+    if reason:
+        return {"skipped": reason}
     spec = SHAPES[shape]
-    k = spec["keras"]
-    common = dict(vocab_size=k["vocabulary_size"], hidden_size=k["hidden_dim"], num_hidden_layers=k["num_layers"],
-                  num_attention_heads=k["num_query_heads"], num_key_value_heads=k["num_key_value_heads"],
-                  head_dim=k["head_dim"], hidden_activation="gelu_pytorch_tanh")
-    if spec["arch"] == "gemma":
-        config = transformers.GemmaConfig(intermediate_size=k["intermediate_dim"] // 2, **common)
-        cls = transformers.GemmaForCausalLM
-    elif spec["arch"] == "gemma2":
-        config = transformers.Gemma2Config(
-            intermediate_size=k["intermediate_dim"] // 2, query_pre_attn_scalar=k["head_dim"],
-            attn_logit_softcapping=k["attention_logit_soft_cap"], final_logit_softcapping=k["final_logit_soft_cap"],
-            sliding_window=k["sliding_window_size"], **common)
-        cls = transformers.Gemma2ForCausalLM
-    else:
-        config = transformers.Gemma3TextConfig(
-            intermediate_size=k["intermediate_dim"], query_pre_attn_scalar=k["head_dim"],
-            sliding_window=k["sliding_window_size"], **common)
-        cls = transformers.Gemma3ForCausalLM
-    config._attn_implementation = "sdpa"
-    return cls(config)
-
-
-def arm_hf_peft(shape, sequences, steps, warmup, compile_model):
-    """transformers + PEFT, bf16, sdpa, batches padded to their longest example (TRL without packing);
-    `compile_model`: every decoder layer through `torch.compile(dynamic=True)`."""
-    import peft
-    import torch
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch.manual_seed(0)
-    model = _hf_model(shape).to(device=device, dtype=torch.bfloat16)
-    model = peft.get_peft_model(model, peft.LoraConfig(r=LORA_RANK, lora_alpha=LORA_RANK,
-                                                       target_modules=["q_proj", "v_proj"]))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-5, weight_decay=0.01)
-    if compile_model:
-        # Regional compilation (PyTorch's advice for transformers): each decoder
-        # layer is compiled, and all layers share one graph, so compile time is
-        # that of one layer instead of the whole model.
-        for layer in model.get_base_model().model.layers:
-            layer.compile(dynamic=True)
-    forward = model
-
-    def batch(index):
-        chunk = sequences[index * BATCH_SIZE : (index + 1) * BATCH_SIZE]
-        length = max(len(ids) for ids, _ in chunk)
-        ids = torch.zeros((len(chunk), length), dtype=torch.long)
-        labels = torch.full((len(chunk), length), -100, dtype=torch.long)
-        attention = torch.zeros((len(chunk), length), dtype=torch.long)
-        for row, (tokens, mask) in enumerate(chunk):
-            ids[row, : len(tokens)] = torch.from_numpy(tokens.astype(np.int64))
-            labels[row, : len(tokens)] = torch.where(torch.from_numpy(mask) == 1, ids[row, : len(tokens)], -100)
-            attention[row, : len(tokens)] = 1
-        return ids.to(device), labels.to(device), attention.to(device), int(sum(len(t) - 1 for t, _ in chunk))
-
-    def train_step(index):
-        ids, labels, attention, useful = batch(index)
-        loss = forward(input_ids=ids, attention_mask=attention, labels=labels).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss, useful
-
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    started = time.perf_counter()
-    for index in range(warmup):
-        loss, _ = train_step(index)
-    sync()
-    compile_seconds = time.perf_counter() - started
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    useful = 0
-    started = time.perf_counter()
-    for index in range(warmup, warmup + steps):
-        loss, tokens = train_step(index)
-        useful += tokens
-    sync()
-    seconds = time.perf_counter() - started
-    peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
-    return dict(useful_tokens=useful, computed_tokens=None, seconds=seconds, steps=steps,
-                compile_seconds=compile_seconds, loss=float(loss), peak_bytes=peak)
-
-
-def run_arm(arm, shape, steps, warmup, seed):
-    spec = SHAPES[shape]
-    count = max(400 if shape.startswith("tiny") else 4000, (steps + warmup) * BATCH_SIZE * 2)
-    sequences = make_sequences(count, spec["keras"]["vocabulary_size"], seed)
-    if arm.startswith("kerasgemma"):
-        return arm_kerasgemma(shape, sequences, steps, warmup, fused_loss=arm == "kerasgemma")
+    rows = tokens_per_step // sequence_length
+    # The same examples whatever the row length, so longer rows pack the same sequences.
+    count = max(400 if shape.startswith("tiny") else 4000, (steps + warmup) * tokens_per_step // 100)
+    sequences = make_sequences(count, spec["keras"]["vocabulary_size"], seed, min(SEQUENCE_LENGTH, sequence_length))
+    folder = shared_folder_of(shared_dir, shape, seed) if shared_dir else None
+    if arm in KERASGEMMA_ARMS:
+        return arm_kerasgemma(shape, sequences, steps, warmup, fused_loss=arm == "kerasgemma", batch_size=rows,
+                              sequence_length=sequence_length, remat=remat, shared_folder=folder)
     if arm.startswith("kerashub_fit"):
-        return arm_kerashub_fit(shape, sequences, steps, warmup, "bfloat16" if arm.endswith("bf16") else "float32")
+        return arm_kerashub_fit(shape, sequences, steps, warmup, "bfloat16" if arm.endswith("bf16") else "float32",
+                                rows, sequence_length)
+    if not folder or not os.path.isfile(os.path.join(folder, "config.json")):
+        raise RuntimeError(f"no shared weights in {folder}: the kerasgemma arm writes them first")
+    import peers_torch
+
     if arm.startswith("hf_peft"):
-        return arm_hf_peft(shape, sequences, steps, warmup, compile_model=arm.endswith("compile"))
-    raise ValueError(f"unknown arm {arm}")
+        return peers_torch.arm_hf_padded(folder, spec["arch"], sequences, rows, steps, warmup,
+                                         compile_model=arm.endswith("compile"))
+    plan = packed_plan(sequences, rows, sequence_length, warmup + steps)
+    if arm.startswith("hf_packed"):
+        row = peers_torch.arm_hf_packed(folder, spec["arch"], plan, steps, warmup, liger="liger" in arm,
+                                        compile_model=arm.endswith("compile"),
+                                        across_examples=arm.endswith("across_examples"))
+    elif arm == "unsloth":
+        row = peers_torch.arm_unsloth(folder, spec["arch"], plan, steps, warmup, rows * sequence_length)
+    elif arm == "tunix":
+        import peers_tunix
+
+        try:
+            row = dict(peers_tunix.arm_tunix(folder, spec["arch"], plan, steps, warmup), peak_bytes=_jax_peak_bytes())
+        except NotImplementedError as error:  # a model tunix cannot load from a transformers folder
+            return {"skipped": f"NotImplementedError: {error}"}
+    else:
+        raise ValueError(f"unknown arm {arm}")
+    useful = sum(int(np.count_nonzero(b["segment_ids"])) for b in plan[warmup:])
+    return dict(row, useful_tokens=useful, computed_tokens=steps * rows * sequence_length)
 
 
 # --- driver -----------------------------------------------------------------------------
@@ -348,80 +399,108 @@ def device_name():
         return "unknown"
 
 
-def card_of(rows):
-    return next((row["device"] for row in rows if row.get("device")), "unknown")
+def run_child(arm, model, args, shared_dir):
+    """One arm in its own process (its own peak memory); its row, or the error's last line."""
+    env = dict(os.environ, KERAS_BACKEND="jax", XLA_PYTHON_CLIENT_PREALLOCATE="false", TF_CPP_MIN_LOG_LEVEL="3")
+    command = [sys.executable, __file__, "--one", arm, model, "--steps", str(args.steps), "--warmup", str(args.warmup),
+               "--seed", str(args.seed), "--sequence-length", str(args.sequence_length),
+               "--tokens-per-step", str(args.tokens_per_step), "--remat", args.remat, "--shared-dir", shared_dir]
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode == 0:
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    print(done.stderr[-3000:], file=sys.stderr)
+    return {"error": (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]}
 
 
-def format_table(rows, card):
-    header = ("model", "arm", "useful tok/s", "step ms", "peak GiB", "compile s", "loss", "vs kerasgemma")
-    lines = [f"card: {card}", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        if "error" in row:
-            lines.append(f"| {row['model']} | {row['arm']} | failed: {row['error'][:80]} | | | | | |")
-            continue
-        base = next((r for r in rows if r["model"] == row["model"] and r["arm"] == "kerasgemma" and "error" not in r), None)
-        ratio = row["useful_tokens_per_second"] / base["useful_tokens_per_second"] if base else float("nan")
-        peak = f"{row['peak_bytes'] / 2**30:.1f}" if row.get("peak_bytes") else "n/a"
-        lines.append(
-            f"| {row['model']} | {row['arm']} | {row['useful_tokens_per_second']:,.0f} | "
-            f"{1000 * row['seconds'] / row['steps']:.0f} | {peak} | {row['compile_seconds']:.1f} | "
-            f"{row['loss']:.3f} | {ratio:.2f}x |"
-        )
-    return "\n".join(lines)
+# Arms --smoke leaves out although they could run on a CPU: their code is another arm's with one setting changed,
+# and they would cost most of the smoke run's time.
+SMOKE_SKIPS = {
+    "kerashub_fit_fp32": "kerashub_fit_bf16's code in float32",
+    "hf_peft_compile": "hf_peft_eager's code plus torch.compile, a minute of compiling on a CPU",
+}
+
+
+def make_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", choices=sorted(SHAPES),
+                        help="Shapes that run every arm in --arms (default gemma_2b; tiny with --smoke).")
+    parser.add_argument("--extra-models", nargs="*", default=["gemma2_2b", "gemma3_1b"], choices=sorted(SHAPES),
+                        help="Shapes that run the kerasgemma arm only (default gemma2_2b gemma3_1b).")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS,
+                        help="Arms to run; kerasgemma always runs first (it writes the shared weights).")
+    parser.add_argument("--steps", type=int, default=20, help="Timed steps per arm (default 20).")
+    parser.add_argument("--warmup", type=int, default=2, help="Untimed first steps, compilation included.")
+    parser.add_argument("--sequence-length", type=int, default=SEQUENCE_LENGTH,
+                        help=f"Row length (default {SEQUENCE_LENGTH}); rows per step = --tokens-per-step // this.")
+    parser.add_argument("--tokens-per-step", type=int, default=TOKENS_PER_STEP,
+                        help=f"Token positions per step (default {TOKENS_PER_STEP}).")
+    parser.add_argument("--remat", default="none", choices=("none", "block", "dots"),
+                        help="kerasgemma's rematerialisation policy (kerasgemma.remat; default none).")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shared-dir", default=os.path.join(HERE, ".cache", "shared-weights"),
+                        help="Where the kerasgemma arm writes the initial weights the peers load (kept between runs).")
+    parser.add_argument("--out", help="Write the rows as JSON here.")
+    parser.add_argument("--smoke", action="store_true",
+                        help="Tiny shapes on CPU, in-process: every arm that can run here, 1 warm-up + 1 step.")
+    parser.add_argument("--table", nargs="+", metavar="JSON",
+                        help="Print one table from the --out files of consecutive calls on one machine, then exit.")
+    parser.add_argument("--one", nargs=2, metavar=("ARM", "MODEL"), help=argparse.SUPPRESS)
+    return parser
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["gemma_2b"], choices=sorted(SHAPES),
-                        help="Shapes that run every arm (default gemma_2b).")
-    parser.add_argument("--extra-models", nargs="*", default=["gemma2_2b", "gemma3_1b"], choices=sorted(SHAPES),
-                        help="Shapes that run the kerasgemma arm only (default gemma2_2b gemma3_1b).")
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
-    parser.add_argument("--steps", type=int, default=20, help="Timed steps per arm (default 20).")
-    parser.add_argument("--warmup", type=int, default=2, help="Untimed first steps, compilation included.")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", help="Write the rows as JSON here.")
-    parser.add_argument("--smoke", action="store_true", help="Tiny shapes on CPU, 2 steps, in seconds.")
-    parser.add_argument("--one", nargs=2, metavar=("ARM", "MODEL"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    args = make_parser().parse_args(argv)
+    if args.table:
+        print(combined_table(args.table))
+        return 0
+    if args.tokens_per_step % args.sequence_length:
+        print(f"--tokens-per-step {args.tokens_per_step} is not a multiple of --sequence-length "
+              f"{args.sequence_length}", file=sys.stderr)
+        return 2
+    settings = dict(sequence_length=args.sequence_length, tokens_per_step=args.tokens_per_step, remat=args.remat)
     if args.one:
         arm, model = args.one
-        print(json.dumps(dict(run_arm(arm, model, args.steps, args.warmup, args.seed), device=device_name())))
+        row = run_arm(arm, model, args.steps, args.warmup, args.seed, shared_dir=args.shared_dir, **settings)
+        print(json.dumps(dict(row, device=device_name())))
         return 0
     if args.smoke:
         os.environ.setdefault("KERAS_BACKEND", "jax")
-        args.models, args.extra_models, args.steps, args.warmup = ["tiny"], ["tiny_gemma4"], 2, 1
-        args.arms = ["kerasgemma", "kerasgemma_reference_loss", "kerashub_fit_bf16", "hf_peft_eager"]
-    rows = []
-    env = dict(os.environ, KERAS_BACKEND="jax", XLA_PYTHON_CLIENT_PREALLOCATE="false", TF_CPP_MIN_LOG_LEVEL="3")
-    plan = [(model, arm) for model in args.models for arm in args.arms]
+        args.models, args.extra_models, args.steps, args.warmup = args.models or ["tiny"], [], 1, 1
+        settings["tokens_per_step"] = 2 * args.sequence_length
+        args.shared_dir = tempfile.mkdtemp(prefix="peers-smoke-")
+    args.models = args.models or ["gemma_2b"]
+    plan = [(model, arm) for model in args.models for arm in ["kerasgemma"] + [a for a in args.arms if a != "kerasgemma"]]
     plan += [(model, "kerasgemma") for model in args.extra_models if model not in args.models]
+    rows = []
     for model, arm in plan:
-        row = {"model": model, "arm": arm}
-        if args.smoke:
+        row = {"model": model, "arm": arm, **settings}
+        if args.smoke and arm in SMOKE_SKIPS:
+            row["skipped"] = f"--smoke: {SMOKE_SKIPS[arm]}"
+        elif args.smoke:
             # In-process: on CPU peak memory is not measured, and one
             # import of JAX and torch keeps the smoke run to seconds.
-            row.update(run_arm(arm, model, args.steps, args.warmup, args.seed), device=device_name())
+            row.update(run_arm(arm, model, args.steps, args.warmup, args.seed, shared_dir=args.shared_dir, **settings),
+                       device=device_name())
         else:
-            command = [sys.executable, __file__, "--one", arm, model, "--steps", str(args.steps),
-                       "--warmup", str(args.warmup), "--seed", str(args.seed)]
-            done = subprocess.run(command, capture_output=True, text=True, env=env)
-            if done.returncode == 0:
-                row.update(json.loads(done.stdout.strip().splitlines()[-1]))
-            else:
-                row["error"] = (done.stderr.strip().splitlines() or ["?"])[-1]
-                print(done.stderr[-3000:], file=sys.stderr)
-        if "error" not in row:
+            row.update(run_child(arm, model, args, args.shared_dir))
+        if measured(row):
             row["useful_tokens_per_second"] = row["useful_tokens"] / row["seconds"]
         rows.append(row)
+        compare_functions(rows)
         print(json.dumps(row), flush=True)
         if args.out:  # after every arm, so a run cut short keeps what it measured
             with open(args.out, "w") as file:
-                json.dump({"card": card_of(rows), "date": time.strftime("%Y-%m-%d"), "rows": rows}, file, indent=2)
-    print(format_table(rows, card_of(rows)))
+                json.dump({"card": card_of(rows), "date": time.strftime("%Y-%m-%d"), **settings, "rows": rows}, file,
+                          indent=2)
+    if args.smoke:
+        shutil.rmtree(args.shared_dir, ignore_errors=True)
+    rows_per_step = settings["tokens_per_step"] // args.sequence_length
+    print(format_table(rows, card_of(rows), f", {rows_per_step} rows x {args.sequence_length} tokens a step, "
+                                            f"kerasgemma remat {args.remat}"))
     return 0 if all("error" not in row for row in rows) else 1
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.path.insert(0, os.path.dirname(HERE))
+    sys.path.insert(0, HERE)
     raise SystemExit(main())

@@ -1,7 +1,6 @@
-"""The throughput benchmark's CPU smoke mode runs, so the script cannot rot between GPU runs."""
+"""The benchmarks' CPU smoke modes run, so the scripts cannot rot between GPU runs; the peers' packed inputs are right."""
 
 import json
-import subprocess
 import sys
 
 import numpy as np
@@ -11,51 +10,165 @@ from helpers import REPO_ROOT
 ROOT = REPO_ROOT
 
 
+@pytest.fixture(scope="module")
+def bench():
+    """bench/ on the path, for its modules (train_throughput, peers_*, levers, memory)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    yield
+    sys.path.remove(str(ROOT / "bench"))
+
+
 @pytest.mark.slow
-def test_train_throughput_smoke(tmp_path):
+def test_train_throughput_smoke(bench, tmp_path, capsys):
+    import train_throughput
+
     out = tmp_path / "smoke.json"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "train_throughput.py"), "--smoke", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "| tiny | kerasgemma |" in done.stdout
-    rows = json.loads(out.read_text())["rows"]
-    arms = {row["arm"]: row for row in rows if row["model"] == "tiny"}
-    assert [row["arm"] for row in rows if row["model"] == "tiny_gemma4"] == ["kerasgemma"]
-    assert set(arms) == {"kerasgemma", "kerasgemma_reference_loss", "kerashub_fit_bf16", "hf_peft_eager"}
-    for row in rows:
+    assert train_throughput.main(["--smoke", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| tiny | kerasgemma |" in printed and "| tiny | hf_packed |" in printed
+    arms = {row["arm"]: row for row in json.loads(out.read_text())["rows"]}
+    assert set(arms) == set(train_throughput.ARMS)
+    skipped = {arm: row["skipped"] for arm, row in arms.items() if "skipped" in row}
+    # Everything that can run on a CPU runs; the rest says why not.
+    assert set(skipped) <= {"kerashub_fit_fp32", "hf_peft_compile", "hf_packed_liger", "hf_packed_liger_compile",
+                            "unsloth", "tunix"}
+    assert all(reason for reason in skipped.values())
+    ran = {arm: row for arm, row in arms.items() if arm not in skipped}
+    assert {"kerasgemma", "kerasgemma_reference_loss", "kerashub_fit_bf16", "hf_peft_eager", "hf_packed",
+            "hf_packed_across_examples"} <= set(ran)
+    for row in ran.values():
         assert row["useful_tokens_per_second"] > 0
-    # Same data, same model, same seed: the fused loss is the reference loss.
+    # Same data, same model, same seed: the fused loss is the reference loss, and transformers on the
+    # same packed rows, loaded from kerasgemma's export of the same weights, computes the same first loss.
     assert abs(arms["kerasgemma"]["loss"] - arms["kerasgemma_reference_loss"]["loss"]) < 1e-3
+    assert arms["hf_packed"]["same_function"] and arms["hf_packed"]["loss_difference"] < 1e-3
+    # The control lets the examples of a row attend to each other: the check sees it.
+    assert arms["hf_packed_across_examples"]["same_function"] is False
     # Packing: nearly every computed position is a real token; padding to 1024 wastes most.
     packed = arms["kerasgemma"]["useful_tokens"] / arms["kerasgemma"]["computed_tokens"]
     padded = arms["kerashub_fit_bf16"]["useful_tokens"] / arms["kerashub_fit_bf16"]["computed_tokens"]
     assert packed > 0.95 > 0.5 > padded
 
 
+def _row(arm, speed, first_loss, **extra):
+    return dict(model="gemma_2b", arm=arm, useful_tokens_per_second=speed, useful_tokens=speed, seconds=1.0, steps=10,
+                compile_seconds=1.0, loss=12.0, first_loss=first_loss, peak_bytes=2**30, **extra)
+
+
+def test_table_ratios_against_the_best_peer_that_computes_the_same_function(bench, tmp_path):
+    import peers_table
+
+    setting = dict(date="2026-11-29", sequence_length=1024, tokens_per_step=8192)
+    first = dict(setting, rows=[_row("kerasgemma", 50_000, 12.460, remat="none"),
+                                _row("hf_packed_liger", 40_000, 12.461)])
+    # A peer whose first loss is off is marked but still counted (it can only lower kerasgemma's ratio);
+    # the control is never a peer.
+    second = dict(setting, rows=[_row("kerasgemma", 51_000, 12.460, remat="block"),
+                                 _row("unsloth", 45_000, 12.300), _row("tunix", 20_000, 12.4601),
+                                 _row("hf_packed_across_examples", 90_000, 12.470)])
+    paths = []
+    for index, run in enumerate((first, second)):
+        paths.append(str(tmp_path / f"run{index}.json"))
+        (tmp_path / f"run{index}.json").write_text(json.dumps(run))
+    lines = peers_table.combined_table(paths).splitlines()
+    row = {line.split(" | ")[1]: line.split(" | ") for line in lines[3:]}
+    assert row["kerasgemma"][-1] == "1.11x |" and row["kerasgemma (remat block)"][-1] == "1.13x |"
+    assert row["unsloth"][7].startswith("NO (0.1600)") and row["tunix"][7].startswith("yes")
+    assert row["hf_packed_across_examples"][7].startswith("NO (0.0100)")
+    assert "8 rows x 1024 tokens" in lines[0]
+
+
+def _tiny_hf_model(architecture):
+    import torch
+    import transformers
+
+    common = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  num_key_value_heads=1, head_dim=16)
+    if architecture == "gemma":
+        config, model_class = transformers.GemmaConfig(**common), transformers.GemmaForCausalLM
+    elif architecture == "gemma2":  # soft-caps small enough to matter, a window shorter than the examples
+        config = transformers.Gemma2Config(**common, sliding_window=4, attn_logit_softcapping=0.5,
+                                           final_logit_softcapping=1.0)
+        model_class = transformers.Gemma2ForCausalLM
+    else:
+        config = transformers.Gemma3TextConfig(**common, sliding_window=4,
+                                               layer_types=["sliding_attention", "full_attention"])
+        model_class = transformers.Gemma3ForCausalLM
+    import peers_torch
+
+    config._attn_implementation = peers_torch.attention_for(architecture)
+    torch.manual_seed(0)
+    return model_class(config).eval()
+
+
+@pytest.mark.parametrize("architecture", ["gemma", "gemma2", "gemma3"])
+def test_packed_rows_give_transformers_each_example_alone(bench, architecture):
+    """transformers on kerasgemma's packed rows (restarting position_ids, no mask) scores each example as if
+    it were alone, on the path each peer arm takes (sdpa; eager for Gemma 2's soft-cap) -- only without a KV
+    cache: with the config's default `use_cache` the examples attend to each other."""
+    import torch
+
+    import peers_torch
+    from kerasgemma.data import Batches, TokenizedExample
+
+    rng = np.random.default_rng(0)
+    examples = [TokenizedExample(rng.integers(3, 128, n).astype(np.int32), (np.arange(n) >= 2).astype(np.int8))
+                for n in (7, 9, 5)]
+    batch = next(Batches(examples, 1, 24).epoch(0))
+    assert batch["segment_ids"].max() == 3
+    model = _tiny_hf_model(architecture)
+    with torch.no_grad():
+        alone = 0.0
+        for example in examples:
+            ids = torch.from_numpy(example.token_ids.astype(np.int64))[None]
+            labels = torch.where(torch.from_numpy(example.loss_mask)[None] == 1, ids, -100)
+            alone += model(input_ids=ids, labels=labels).loss.item() * int((labels[:, 1:] != -100).sum())
+        inputs = {key: torch.from_numpy(value) for key, value in peers_torch.packed_batch(batch).items()}
+        count = int((inputs["shift_labels"] != -100).sum())
+        packed = model(**inputs, use_cache=False).loss.item() * count
+        with_cache = model(**inputs).loss.item() * count
+        one_row = {key: torch.from_numpy(value) for key, value in peers_torch.packed_batch(batch, one_row=True).items()
+                   if key != "shift_labels"}  # Unsloth's layout: labels it shifts itself
+        unshifted = model(**one_row, use_cache=False).loss.item() * count
+    assert packed == pytest.approx(alone, rel=1e-5)
+    assert unshifted == pytest.approx(alone, rel=1e-5)
+    assert abs(with_cache - alone) > 1e-3
+
+
 @pytest.mark.slow
-def test_levers_smoke_with_kernel_summary(tmp_path):
+def test_levers_smoke_with_kernel_summary(bench, tmp_path, capsys):
+    import levers
+
     out = tmp_path / "levers.json"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "levers.py"), "--smoke", "--variants", "default", "causal_only",
-         "--profile", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "| default |" in done.stdout and "| causal_only |" in done.stdout
+    assert levers.main(["--smoke", "--variants", "default", "causal_only", "--profile", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| default |" in printed and "| causal_only |" in printed
     rows = {row["variant"]: row for row in json.loads(out.read_text())["rows"]}
     # Without the segment mask examples see each other: a different loss.
     assert rows["default"]["loss"] != rows["causal_only"]["loss"]
     assert (tmp_path / "profile").is_dir()
 
 
-def test_kernel_summary_groups_device_time():
-    sys.path.insert(0, str(ROOT / "bench"))
+def test_gemma2_peers_compute_the_attention_soft_cap(bench):
+    """The attention path the peers take for Gemma 2 applies its soft-cap (transformers 5.17's sdpa drops it)."""
+    import torch
+
+    import peers_torch
+
+    ids = torch.arange(3, 19)[None]
+    capped = _tiny_hf_model("gemma2")
+    uncapped = _tiny_hf_model("gemma2")
+    with torch.no_grad():
+        for model in (capped, uncapped):  # attention logits of a few units, past the cap of 0.5
+            for layer in model.model.layers:
+                layer.self_attn.q_proj.weight.mul_(100.0)
+        for layer in uncapped.model.layers:
+            layer.self_attn.attn_logit_softcapping = None
+        difference = (capped(input_ids=ids).logits - uncapped(input_ids=ids).logits).abs().max().item()
+    assert peers_torch.attention_for("gemma2") == capped.config._attn_implementation and difference > 1e-3
+
+
+def test_kernel_summary_groups_device_time(bench):
     import levers
 
     assert levers.kernel_kind("cudnn_generated_fort_native_sdpa_sm90_flash_bprop") == "attention"
@@ -63,10 +176,9 @@ def test_kernel_summary_groups_device_time():
     assert levers.kernel_kind("loop_add_multiply_fusion_17") == "other fusion"
 
 
-def test_trace_summary_reads_device_kernels_only(tmp_path):
+def test_trace_summary_reads_device_kernels_only(bench, tmp_path):
     import gzip
 
-    sys.path.insert(0, str(ROOT / "bench"))
     import levers
 
     events = [
@@ -85,16 +197,12 @@ def test_trace_summary_reads_device_kernels_only(tmp_path):
 
 
 @pytest.mark.slow
-def test_memory_bench_smoke(tmp_path):
+def test_memory_bench_smoke(bench, tmp_path, capsys):
+    import memory
+
     out = tmp_path / "memory.json"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "memory.py"), "--smoke", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "| tiny | int8 | block | 128 |" in done.stdout
+    assert memory.main(["--smoke", "--out", str(out)]) == 0
+    assert "| tiny | int8 | block | 128 |" in capsys.readouterr().out
     rows = json.loads(out.read_text())["rows"]
     assert [row["row"] for row in rows] == ["tiny:bf16:none:128", "tiny:int8:block:128", "tiny_gemma4:int4:dots:128"]
     for row in rows:
