@@ -61,15 +61,15 @@ def parse_row(name):
     return model, precision, remat, int(length)
 
 
-def estimate_bytes(model, precision, remat, length, batch_size):
-    """The memory plan's per-device total for this row, on the device at hand."""
+def estimate_bytes(model, precision, remat, length, batch_size, devices=None):
+    """The memory plan's per-device total for this row, on `devices` (default: the device at hand)."""
     from kerasgemma.distribution import detect_devices
     from kerasgemma.distribution.memory import memory_plan
 
     spec = SHAPES[model]
     architecture = "gemma" if spec["arch"] == "gemma2" else spec["arch"]
-    plan = memory_plan(model, detect_devices(), "bfloat16", PRECISIONS[precision], remat, batch_size, length,
-                       LORA_RANK, backbone=(architecture, dict(spec["keras"])))
+    plan = memory_plan(model, devices or detect_devices(), "bfloat16", PRECISIONS[precision], remat, batch_size,
+                       length, LORA_RANK, backbone=(architecture, dict(spec["keras"])))
     return plan.total_bytes
 
 

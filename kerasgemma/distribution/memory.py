@@ -43,10 +43,11 @@ train step on CPU.
 Loading. A quantized base is loaded in `dtype` and quantized on the host CPU
 (`kerasgemma.distribution.on_host`), then only the quantized weights go to
 the devices (`Strategy.loads_on_host`; the mesh is chosen for them). The host
-then needs `host_load` = the float weights + the largest weight's quantized
-copy + `QUANTIZE_SCRATCH_BYTES` per weight of it while Keras quantizes it,
-against `HOST_USABLE_FRACTION` of the host RAM where it is known
-(`DeviceInfo.host_memory_bytes`). Without a CPU backend, or when the host RAM
+then needs `host_load` = the float weights + `QUANTIZE_SCRATCH_BYTES` per
+weight of the largest weight while it is quantized (measured,
+`kerasgemma.quantize_slices`; each quantized weight replaces its float one,
+so the float weights bound the rest), against `HOST_USABLE_FRACTION` of the
+host RAM where it is known (`DeviceInfo.host_memory_bytes`). Without a CPU backend, or when the host RAM
 is too small, the float base is loaded on the devices and quantized there,
 which needs `load` = float + quantized weights per device for a moment.
 
@@ -72,6 +73,7 @@ from kerasgemma.model import resolve_lora_targets
 from kerasgemma.precision import NO_BFLOAT16_GPU_NAMES
 from kerasgemma.precision import resolve_dtype
 from kerasgemma.quantization import QUANTIZED_BITS
+from kerasgemma.quantize_slices import QUANTIZE_SCRATCH_BYTES
 from kerasgemma.config import REMAT_CHOICES
 
 # Share of a device's memory the plan lets a run use: XLA's scratch,
@@ -84,10 +86,6 @@ HOST_USABLE_FRACTION = 0.9
 # (argument + temp bytes) of the compiled step on CPU, and every GPU row of
 # bench/results/*-memory*.json (tests/test_memory_plan.py checks both).
 MEASURED_MARGIN = (0.67, 1.5)
-# Host bytes per weight, beyond the float weights, while one weight is
-# quantized (`kerasgemma.quantization.quantize_base`, which quantizes in
-# slices); see that module for the measured figure.
-QUANTIZE_SCRATCH_BYTES = 2
 # Named devices: (count, memory per device, host RAM). T4: 15 GiB of its
 # 16 GB are usable (what Colab reports); v3-8: 4 chips x 2 cores of 16 GiB.
 # Host RAM, published figures (not measured here): Colab's free T4 runtime
@@ -324,7 +322,7 @@ def memory_plan(preset, devices, dtype="auto", quantize=None, remat="none", batc
     host_load = 0
     if quantize is not None and host_loading:
         largest = largest_weight(config, architecture)
-        host_load = float_bytes + int(largest * (QUANTIZED_BITS[quantize] / 8 + QUANTIZE_SCRATCH_BYTES))
+        host_load = float_bytes + int(largest * QUANTIZE_SCRATCH_BYTES[quantize])
     host_budget = devices.host_memory_bytes and HOST_USABLE_FRACTION * devices.host_memory_bytes
     on_host = bool(host_load) and (not host_budget or host_load <= host_budget)
     strategy = choose_strategy(stored if on_host else float_bytes, devices, batch_size, distribution, mesh)
