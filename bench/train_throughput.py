@@ -247,6 +247,9 @@ def _hf_model(shape):
     if spec["arch"] == "gemma":
         config = transformers.GemmaConfig(intermediate_size=k["intermediate_dim"] // 2, **common)
         cls = transformers.GemmaForCausalLM
+    elif spec["arch"] == "gemma4":
+        config = transformers.Gemma4TextConfig.from_dict(_gemma4_hf_settings(k))
+        cls = transformers.Gemma4ForCausalLM
     elif spec["arch"] == "gemma2":
         config = transformers.Gemma2Config(
             intermediate_size=k["intermediate_dim"] // 2, query_pre_attn_scalar=k["head_dim"],
@@ -260,6 +263,38 @@ def _hf_model(shape):
         cls = transformers.Gemma3ForCausalLM
     config._attn_implementation = "sdpa"
     return cls(config)
+
+
+def _gemma4_hf_settings(keras_config):
+    """transformers' `gemma4_text` config of a Keras Gemma 4 shape, written by kerasgemma's exporter.
+
+    The exporter reads a built backbone's layers, and building Gemma 4 E4B
+    takes minutes: a backbone of the same structure (layers, heads, layer
+    pattern, rope, KV sharing, MoE) with small widths is built on the host
+    instead, and the widths in its config are then set to the shape's.
+    """
+    import types
+
+    import keras_hub
+
+    from kerasgemma.distribution import on_host
+    from kerasgemma.export.hf_config import hf_config
+
+    k = keras_config
+    small = dict(k, vocabulary_size=512, hidden_dim=32, intermediate_dim=64, head_dim=8)
+    small.update({key: width for key, width in (("global_head_dim", 16), ("hidden_size_per_layer_input", 4),
+                                                 ("expert_intermediate_dim", 16)) if k.get(key)})
+    with on_host(log=lambda _: None):
+        backbone = keras_hub.models.Gemma4Backbone(**small)
+    config = hf_config(backbone, types.SimpleNamespace(pad_token_id=0, start_token_id=2, end_token_id=1))
+    config.update(
+        vocab_size=k["vocabulary_size"], hidden_size=k["hidden_dim"], intermediate_size=k["intermediate_dim"],
+        head_dim=k["head_dim"], global_head_dim=k.get("global_head_dim") or k["head_dim"],
+        hidden_size_per_layer_input=k.get("hidden_size_per_layer_input", 0),
+        vocab_size_per_layer_input=k.get("vocab_size_per_layer_input") or k["vocabulary_size"],
+        moe_intermediate_size=k.get("expert_intermediate_dim"),
+    )
+    return config
 
 
 def arm_hf_peft(shape, sequences, steps, warmup, compile_model):
