@@ -47,9 +47,10 @@ then needs `host_load` = the float weights + `QUANTIZE_SCRATCH_BYTES` per
 weight of the largest weight while it is quantized (measured,
 `kerasgemma.quantize_slices`; each quantized weight replaces its float one,
 so the float weights bound the rest), against `HOST_USABLE_FRACTION` of the
-host RAM where it is known (`DeviceInfo.host_memory_bytes`). Without a CPU backend, or when the host RAM
-is too small, the float base is loaded on the devices and quantized there,
-which needs `load` = float + quantized weights per device for a moment.
+host RAM where it is known (`DeviceInfo.host_memory_bytes`). Without a CPU
+backend, or when the host RAM is too small, the float base is loaded on the
+devices and quantized there, which needs `load` = float + quantized weights
+per device for a moment.
 
 Example:
 >>> plan = memory_plan("tiny:gemma3", DEVICE_PROFILES["t4"], batch_size=2, sequence_length=128)
