@@ -196,7 +196,7 @@ def hf_bnb4_row(model, remat, batches, warmup):
                 peak_bytes=_torch_peak_bytes())
 
 
-def _to_bnb4(module, bitsandbytes):
+def _to_bnb4(module, bitsandbytes, device="cuda"):
     """Replace every `torch.nn.Linear` under `module` by a bitsandbytes NF4 `Linear4bit` of the same weights."""
     import torch
 
@@ -209,7 +209,7 @@ def _to_bnb4(module, bitsandbytes):
                                                    quant_type="nf4", device="meta")
             # Params4bit quantizes when it is moved to the GPU (what transformers' loader does).
             quantized.weight = bitsandbytes.nn.Params4bit(child.weight.data, requires_grad=False,
-                                                          compress_statistics=True, quant_type="nf4").to("cuda")
+                                                          compress_statistics=True, quant_type="nf4").to(device)
             if child.bias is not None:
                 quantized.bias = child.bias
             setattr(parent, name, quantized)
