@@ -154,7 +154,10 @@ def hf_bnb4_row(model, remat, batches, warmup):
     except ImportError as error:
         raise RowSkipped(f"bitsandbytes is not installed ({error})") from error
     import peft
+    import transformers
 
+    if SHAPES[model]["arch"] == "gemma4" and not hasattr(transformers, "Gemma4ForCausalLM"):
+        raise RowSkipped(f"transformers {transformers.__version__} has no Gemma 4")
     torch.manual_seed(0)
     default_dtype = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)  # random bf16 weights made on the GPU, as a bf16 checkpoint loads
