@@ -103,8 +103,8 @@ def packed_batches(model, length, batch_size, count, seed=0):
     """`count` packed batches of HC3-like rows for `model`'s vocabulary (kerasgemma's `Batches`, one shape)."""
     from kerasgemma.data import Batches, TokenizedExample
 
-    sequences = make_sequences(max(64, 3 * count * batch_size * length // 180), SHAPES[model]["keras"]["vocabulary_size"],
-                               seed, max_length=length)
+    vocabulary = SHAPES[model]["keras"]["vocabulary_size"]
+    sequences = make_sequences(max(64, 3 * count * batch_size * length // 180), vocabulary, seed, max_length=length)
     iterator = Batches([TokenizedExample(ids, mask) for ids, mask in sequences], batch_size, length).epoch(0)
     return [next(iterator) for _ in range(count)]
 
