@@ -80,7 +80,7 @@ REPLACED = ("abs_max_quantize", "abs_max_quantize_grouped_with_zero_point")
 
 @contextlib.contextmanager
 def sliced_quantization():
-    """A context where Keras' `layer.quantize` computes in slices on the host CPU and skips its per-layer `gc.collect`."""
+    """A context where Keras' `layer.quantize` computes in slices on the host and skips its per-layer `gc.collect`."""
     from keras.src import quantizers as package
     from keras.src.quantizers import quantizers as module
 
