@@ -71,9 +71,10 @@ def test_estimate_is_within_the_margin_of_every_measured_gpu_row():
         results = json.loads(path.read_text())
         card = DeviceInfo("gpu", 1, 140 * 2**30, results["card"])
         for row in results["rows"]:
-            if row.get("peak_bytes") and "error" not in row:
-                estimate = bench_memory.estimate_bytes(*bench_memory.parse_row(row["row"]), results["batch_size"],
-                                                       devices=card)
+            setting = bench_memory.parse_row(row["row"])
+            # The plan is kerasgemma's: the transformers peer's rows are not its to estimate.
+            if row.get("peak_bytes") and "error" not in row and setting[1] != bench_memory.HF_BNB4:
+                estimate = bench_memory.estimate_bytes(*setting, results["batch_size"], devices=card)
                 ratios[row["row"]] = round(estimate / row["peak_bytes"], 2)
     assert len(ratios) >= 6, ratios
     low, high = MEASURED_MARGIN
