@@ -46,6 +46,7 @@ import keras
 import numpy as np
 
 from kerasgemma.config import QUANTIZE_MODES
+from kerasgemma.quantize_slices import sliced_quantization
 
 # KERAS-HUB INTERNALS: keras-hub 0.32's Gemma 4 decoder block computes its
 # MLP as `ops.matmul(x, self.gating_ffw.kernel)` (gemma4_decoder_block.py,
@@ -74,7 +75,12 @@ def quantization_config(mode):
 
 
 def quantize_base(causal_lm, mode):
-    """Quantize the backbone's weights in place (before `enable_lora`); None does nothing."""
+    """Quantize the backbone's weights in place (before `enable_lora`); None does nothing.
+
+    Keras' `Model.quantize`, run in slices on the host CPU
+    (`kerasgemma.quantize_slices`: a slice's scratch memory instead of
+    ~9x the largest weight's bytes, and no garbage collection per layer).
+    """
     if mode is None:
         return
     if any(getattr(layer, "lora_enabled", False) for layer in causal_lm.backbone._flatten_layers()):
@@ -86,7 +92,7 @@ def quantize_base(causal_lm, mode):
         if tower is not None
         for layer in tower._flatten_layers(include_self=True)
     }
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), sliced_quantization():
         # "Layer RMSNormalization does not have a `quantize` method": norms,
         # rotary embeddings and softmaxes stay as they are, as intended.
         warnings.filterwarnings("ignore", message=".*does not have a `quantize` method.*")

@@ -7,6 +7,7 @@ checkpoint left it. A notebook can stop between any two of these steps. The
 files of a run folder are listed in `kerasgemma.files`.
 """
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -112,6 +113,12 @@ def resolve_precision(config, log=print):
     return dataclasses.replace(config, dtype=dtype)
 
 
+def _memory_settings(config):
+    """The memory plan's settings of `config` (`kerasgemma.distribution.plan`)."""
+    return dict(quantize=config.quantize, remat=config.remat, sequence_length=config.sequence_length,
+                lora_rank=config.lora_rank, lora_targets=config.lora_targets)
+
+
 def build_model(config, texts=()):
     """Choose the distribution, load the preset, quantize it if asked and switch on LoRA.
 
@@ -119,23 +126,28 @@ def build_model(config, texts=()):
     weights are created, so they are created sharded; the choice and its
     reason are printed. `config.quantize` quantizes the loaded float base
     (deterministic, so a resume rebuilds the same quantized base) before
-    LoRA is added.
+    LoRA is added. The plan loads that float base on the host CPU when the
+    host RAM allows (`Strategy.loads_on_host`): only the quantized weights
+    then reach the devices, placed as the distribution lays them out, and
+    LoRA (and later the optimizer state) is created on the devices directly.
     """
-    memory = dict(quantize=config.quantize, remat=config.remat, sequence_length=config.sequence_length,
-                  lora_rank=config.lora_rank, lora_targets=config.lora_targets)
     strategy, architecture = distribution.plan(
-        config.preset, config.dtype, config.batch_size, config.distribution, config.mesh, memory=memory
+        config.preset, config.dtype, config.batch_size, config.distribution, config.mesh,
+        memory=_memory_settings(config),
     )
     _, backbone_config = distribution.preset_backbone_config(config.preset)
     distribution.configure(strategy, architecture, backbone_config.get("num_key_value_heads"))
     keras.utils.set_random_seed(config.seed)
-    causal_lm = load_causal_lm(
-        config.preset,
-        dtype=config.dtype,
-        sequence_length=config.sequence_length,
-        texts=texts if config.preset.startswith(TINY_PREFIX) else (),
-    )
-    quantize_base(causal_lm, config.quantize)
+    with distribution.on_host() if strategy.loads_on_host else contextlib.nullcontext():
+        causal_lm = load_causal_lm(
+            config.preset,
+            dtype=config.dtype,
+            sequence_length=config.sequence_length,
+            texts=texts if config.preset.startswith(TINY_PREFIX) else (),
+        )
+        quantize_base(causal_lm, config.quantize)
+    if strategy.loads_on_host:
+        distribution.place_on_devices(causal_lm)
     enable_lora(causal_lm, config.lora_rank, config.lora_alpha, config.lora_targets)
     for path, shape, _ in distribution.report_unsharded(causal_lm):
         print(f"warning: {path} {tuple(shape)} is not sharded under {strategy.kind} parallel")
@@ -281,7 +293,8 @@ def plan_distribution(config, verbose=True):
     'none'
     """
     strategy, _ = distribution.plan(
-        config.preset, config.dtype, config.batch_size, config.distribution, config.mesh, verbose=verbose
+        config.preset, config.dtype, config.batch_size, config.distribution, config.mesh, verbose=verbose,
+        memory=_memory_settings(config),
     )
     return strategy
 

@@ -1,5 +1,6 @@
 """The benchmarks' CPU smoke modes run, so the scripts cannot rot between GPU runs; the peers' packed inputs are right."""
 
+import doctest
 import json
 import sys
 
@@ -204,6 +205,25 @@ def test_memory_bench_smoke(bench, tmp_path, capsys):
     assert memory.main(["--smoke", "--out", str(out)]) == 0
     assert "| tiny | int8 | block | 128 |" in capsys.readouterr().out
     rows = json.loads(out.read_text())["rows"]
-    assert [row["row"] for row in rows] == ["tiny:bf16:none:128", "tiny:int8:block:128", "tiny_gemma4:int4:dots:128"]
-    for row in rows:
+    assert [row["row"] for row in rows] == ["tiny:bf16:none:128", "tiny:int8:block:128", "tiny_gemma4:int4:dots:128",
+                                            "tiny:hf-bnb4:none:128"]
+    for row in rows[:3]:
         assert row["useful_tokens"] > 0 and row["estimate_bytes"] > 0 and np.isfinite(row["loss"])
+        assert row["host_peak_bytes"] > 0 and row["row_seconds"] > 0
+    # No CUDA GPU here: the transformers + bitsandbytes arm says why it did not run.
+    assert rows[3]["skipped"] == "transformers + bitsandbytes 4-bit needs a CUDA GPU"
+
+
+def test_memory_bench_feeds_transformers_the_same_packed_rows():
+    sys.path.insert(0, str(ROOT / "bench"))
+    import memory
+
+    assert doctest.testmod(memory).failed == 0
+    # Every loss-weighted target of the packed batch is one of transformers' labels, one place later.
+    batch = memory.packed_batches("tiny", 64, 2, 1)[0]
+    inputs = memory.hf_packed(batch)
+    weighted = batch["loss_weights"][:, :-1] > 0
+    assert (inputs["labels"][:, 1:][weighted] == batch["target_ids"][:, :-1][weighted]).all()
+    assert (inputs["labels"] != -100).sum() == weighted.sum()
+    assert (inputs["position_ids"][batch["segment_ids"] > 0] < 64).all()
+    assert set(inputs["position_ids"][:, 0]) == {0}

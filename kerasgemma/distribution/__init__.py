@@ -28,6 +28,7 @@ from kerasgemma.distribution.devices import DeviceInfo
 from kerasgemma.distribution.devices import detect_devices
 from kerasgemma.distribution.host import host_device
 from kerasgemma.distribution.host import on_host
+from kerasgemma.distribution.host import place_on_devices
 from kerasgemma.distribution.layout import FittedModelParallel
 from kerasgemma.distribution.layout import data_parallel_degree
 from kerasgemma.distribution.layout import gemma3_layout_map
@@ -50,8 +51,11 @@ def plan(preset, dtype, batch_size, distribution="auto", mesh=None, devices=None
     """Choose the strategy for training `preset` in `dtype`, and say why.
 
     With `memory` (`memory_plan`'s settings: quantize, remat,
-    sequence_length, lora_rank, lora_targets) the printed line ends with the
-    memory plan per device (`kerasgemma.distribution.memory`).
+    sequence_length, lora_rank, lora_targets) the strategy is the memory
+    plan's (`kerasgemma.distribution.memory`): a quantized base is loaded on
+    the host CPU when the host RAM allows (`Strategy.loads_on_host`) and the
+    mesh is chosen for the quantized weights; the printed line ends with the
+    plan's numbers per device.
 
     Args:
         preset: str. Any preset `kerasgemma.model.load_causal_lm` takes.
@@ -61,7 +65,7 @@ def plan(preset, dtype, batch_size, distribution="auto", mesh=None, devices=None
         mesh: str or None. `(batch, model)` shape such as "2x4".
         devices: `DeviceInfo` or None (detected).
         verbose: bool. Print the choice and the reason.
-        memory: dict or None. Settings for the memory plan in the line.
+        memory: dict or None. Settings for the memory plan.
 
     Returns:
         `(Strategy, architecture)`.
@@ -74,18 +78,25 @@ def plan(preset, dtype, batch_size, distribution="auto", mesh=None, devices=None
     >>> v3_8 = DeviceInfo("tpu", 8, 16 * 2**30, "TPU v3")
     >>> plan("tiny:gemma3", "float32", 8, devices=v3_8, verbose=False)[0].mesh
     (8, 1)
+    >>> plan("tiny:gemma3", "float32", 4, devices=one_cpu, verbose=False, memory={"quantize": "int8"})[0].loads_on_host
+    True
     """
     devices = devices or detect_devices()
     architecture, config = preset_backbone_config(preset)
-    param_bytes = estimate_param_bytes(config, architecture, resolve_dtype(dtype))
-    strategy = choose_strategy(param_bytes, devices, batch_size, distribution, mesh)
+    if memory is None:
+        param_bytes = estimate_param_bytes(config, architecture, resolve_dtype(dtype))
+        strategy = choose_strategy(param_bytes, devices, batch_size, distribution, mesh)
+        line = ""
+    else:
+        host_loading = host_device() is not None
+        if memory.get("quantize") and not host_loading and verbose:
+            print("warning: JAX has no CPU backend (JAX_PLATFORMS excludes cpu): the float base is loaded on the "
+                  "accelerators and quantized there")
+        estimate = memory_plan(preset, devices, resolve_dtype(dtype), batch_size=batch_size, distribution=distribution,
+                               mesh=mesh, backbone=(architecture, config), host_loading=host_loading, **memory)
+        strategy, line = estimate.strategy, f" Memory: {estimate.describe()}."
     if verbose:
-        line = f"Devices: {devices.describe()}. Distribution: {strategy.describe()}."
-        if memory is not None:
-            estimate = memory_plan(preset, devices, resolve_dtype(dtype), batch_size=batch_size,
-                                   distribution=distribution, mesh=mesh, backbone=(architecture, config), **memory)
-            line += f" Memory: {estimate.describe()}."
-        print(line)
+        print(f"Devices: {devices.describe()}. Distribution: {strategy.describe()}.{line}")
     return strategy, architecture
 
 
@@ -123,6 +134,7 @@ __all__ = [
     "make_distribution",
     "on_host",
     "pad_to_replicas",
+    "place_on_devices",
     "parse_mesh",
     "plan",
     "preset_backbone_config",

@@ -17,6 +17,8 @@ class DeviceInfo:
         kind: str. `device.device_kind`, e.g. "TPU v3" or "NVIDIA H100 80GB HBM3".
         processes: int. JAX processes (hosts) taking part.
         memory_source: str. Where `memory_bytes` came from.
+        host_memory_bytes: int or None. Host RAM a run may use to load and
+            quantize the base (`kerasgemma.distribution.memory`); None: unknown.
 
     Example:
     >>> info = DeviceInfo("tpu", 8, 16 * 2**30, "TPU v3")
@@ -30,6 +32,7 @@ class DeviceInfo:
     kind: str = ""
     processes: int = 1
     memory_source: str = "given"
+    host_memory_bytes: int | None = None
 
     def describe(self):
         processes = f"{self.processes} process" + ("es" if self.processes > 1 else "")
@@ -41,6 +44,26 @@ class DeviceInfo:
 
 def _host_memory_bytes():
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def available_host_memory():
+    """Bytes of host RAM free for this process now: Linux's MemAvailable, else the physical RAM.
+
+    MemAvailable (free memory plus the page cache the kernel can drop) is
+    what loading a model can still take; other systems report only the total.
+
+    Example:
+    >>> 0 < available_host_memory() <= _host_memory_bytes()
+    True
+    """
+    try:
+        with open("/proc/meminfo") as file:
+            for line in file:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return _host_memory_bytes()
 
 
 def detect_devices():
@@ -73,4 +96,5 @@ def detect_devices():
         kind=getattr(first, "device_kind", ""),
         processes=jax.process_count(),
         memory_source=source,
+        host_memory_bytes=available_host_memory(),
     )

@@ -36,6 +36,9 @@ class Strategy:
             device count ((1, 1) for "none").
         reason: str. Why this was chosen, for the log.
         devices: `DeviceInfo` or None.
+        loads_on_host: bool. The float base is loaded and quantized on the
+            host CPU and only the quantized weights are then placed on the
+            devices (`kerasgemma.distribution.memory.memory_plan` decides).
 
     Example:
     >>> Strategy("model", (2, 4), "given").describe()
@@ -46,17 +49,19 @@ class Strategy:
     mesh: tuple
     reason: str
     devices: DeviceInfo | None = None
+    loads_on_host: bool = False
 
     @property
     def data_parallel_degree(self):
         return self.mesh[0]
 
     def describe(self):
+        loading = "; the base is loaded and quantized on the host CPU first" if self.loads_on_host else ""
         if self.kind == "none":
-            return f"single device: {self.reason}"
+            return f"single device: {self.reason}{loading}"
         if self.kind == "data":
-            return f"data parallel over {self.mesh[0]} devices: {self.reason}"
-        return f"model parallel over a {self.mesh[0]} (batch) × {self.mesh[1]} (model) mesh: {self.reason}"
+            return f"data parallel over {self.mesh[0]} devices: {self.reason}{loading}"
+        return f"model parallel over a {self.mesh[0]} (batch) × {self.mesh[1]} (model) mesh: {self.reason}{loading}"
 
 
 def parse_mesh(mesh):
