@@ -16,6 +16,8 @@ import subprocess
 import sys
 import tempfile
 
+import pytest
+
 
 def run_script():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,6 +29,7 @@ def run_script():
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # a fresh Python on 2 devices: ~25 s; `place_on_devices`' doctest is the fast check
 def test_quantized_base_goes_through_the_host_to_the_devices():
     result = run_script()
     host, devices = result["host"], result["devices"]
