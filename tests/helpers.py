@@ -23,9 +23,13 @@ from kerasgemma.tiny import build_tiny_causal_lm, tiny_backbone_config
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def write_sum_rows(path, count=12):
-    """Write `count` HC3-style rows ("i加i等于几？" -> "i加i等于2i。") to `path` (JSON lines); return it."""
-    rows = [{"question": f"{i}加{i}等于几？", "human_answers": [f"{i}加{i}等于{2 * i}。"]} for i in range(count)]
+def write_sum_rows(path, count=12, with_ids=False):
+    """Write `count` HC3-style rows ("i加i等于几？" -> "i加i等于2i。") to `path` (JSON lines); return it.
+
+    `with_ids`: each row also carries its index as an "id" string.
+    """
+    rows = [{**({"id": str(i)} if with_ids else {}), "question": f"{i}加{i}等于几？",
+             "human_answers": [f"{i}加{i}等于{2 * i}。"]} for i in range(count)]
     Path(path).write_text("\n".join(json.dumps(row, ensure_ascii=False) for row in rows) + "\n", encoding="utf-8")
     return Path(path)
 
@@ -206,21 +210,11 @@ def export_and_verify_adapter(lm, folder, max_new_tokens):
     return json.loads((Path(adapter) / "adapter_config.json").read_text())
 
 
-def write_rows(path, count=24):
-    """Write `count` rows with ids ("i加i等于几？" -> "i加i等于2i。") to `path` (JSON lines); return it."""
-    rows = [
-        {"id": str(i), "question": f"{i}加{i}等于几？", "human_answers": [f"{i}加{i}等于{2 * i}。"]}
-        for i in range(count)
-    ]
-    path.write_text("\n".join(json.dumps(row, ensure_ascii=False) for row in rows) + "\n", encoding="utf-8")
-    return path
-
-
 def tiny_config(tmp_path, **changes):
-    """A `TrainConfig` of a short `tiny:gemma` run on `write_rows` data under `tmp_path`, with `changes`."""
+    """A `TrainConfig` of a short `tiny:gemma` run on 24 `write_sum_rows` rows under `tmp_path`, with `changes`."""
     values = dict(
         preset="tiny:gemma",
-        data=str(write_rows(tmp_path / "rows.jsonl")),
+        data=str(write_sum_rows(tmp_path / "rows.jsonl", count=24, with_ids=True)),
         sequence_length=48,
         batch_size=2,
         validation_fraction=0.15,

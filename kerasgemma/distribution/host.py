@@ -11,8 +11,8 @@ so the copy costs host memory only.
 The same context loads a base that is quantized before training
 (`kerasgemma.run.build_model`): the float weights are read and quantized on
 the host, and `place_on_devices` then moves only the quantized weights to the
-accelerators, laid out by the training distribution. Gemma 4 E4B's float
-base (11.7 GiB in bfloat16) never touches a 15 GiB T4 that way.
+accelerators, laid out by the training distribution, so a float base larger
+than one device (Gemma 4 E4B's on a 15 GiB T4) never occupies device memory.
 """
 
 import contextlib
