@@ -20,13 +20,31 @@ Gemma 4 also takes the positions as its `position_ids` input
 Gemma 4's KV-shared layers reuse an earlier layer's keys and values, computed
 there at the same positions; their own block's mask still applies.
 
-The segment mask is causal, and the fused attention op is told so: keras-hub
-calls `keras.ops.dot_product_attention(..., mask=...)` without `is_causal`,
-so cuDNN computes every block of the score matrix and masks half of it away.
-Inside `packed_attention` the op also gets `is_causal=True`, which lets cuDNN
-skip the blocks above the diagonal (measured on an H200: +5% tokens/s for
-Gemma 2B and Gemma 3 1B, equal loss; bench/NOTES.md). The result is the same,
-since the mask already excludes those positions.
+Two ways to compute the attention itself (`kernel=`):
+- "dense" (CPU, GPU): keras-hub's own computation with the segment mask. The
+  segment mask is causal, and the fused attention op is told so: keras-hub
+  calls `keras.ops.dot_product_attention(..., mask=...)` without `is_causal`,
+  so cuDNN computes every block of the score matrix and masks half of it
+  away. Inside `packed_attention` the op also gets `is_causal=True`, which
+  lets cuDNN skip the blocks above the diagonal (measured on an H200: +5%
+  tokens/s for Gemma 2B and Gemma 3 1B, equal loss; bench/NOTES.md). The
+  result is the same, since the mask already excludes those positions.
+- "splash" (the default on a TPU, `kerasgemma.splash.splash_wanted`): each
+  attention layer's `_compute_attention` is replaced by
+  `kerasgemma.splash.splash_attention` (JAX's Pallas TPU Splash kernel) with
+  the row's segment ids and the layer's query scale, sliding window and
+  attention soft-cap; no `(seq, seq)` mask is built. On a TPU the dense path
+  is XLA's masked O(seq^2) computation: keras 3.15 hands a traced mask (every
+  mask inside `jax.jit`) to `jax.nn.dot_product_attention` and drops
+  `attn_logits_soft_cap` on the way, so Gemma 2's attention soft-cap is lost
+  there (docs/facts.md#splash). Splash skips the tiles above the diagonal and
+  outside a sliding window; tiles across examples below the diagonal are
+  computed and masked (`kerasgemma.splash` says why). Gemma 1, 2, 3 and 4
+  take it alike, Gemma 4's KV-shared layers included (their borrowed keys
+  and values reach `_compute_attention` like any others). Training is
+  text-only, so the image-bidirectional part of Gemma 3/4's mask, which the
+  splash path does not compute, never applies. Not measured on a TPU
+  (bench/NOTES.md).
 """
 
 # KERAS-HUB INTERNALS. This module patches private parts of keras-hub 0.32
@@ -48,13 +66,32 @@ since the mask already excludes those positions.
 #   keras-hub imports the op by name (`from keras.ops import ...`) instead of
 #   looking it up on `keras.ops`, the hint is lost (results stay correct, the
 #   ~5% GPU speed-up goes).
+# - The splash path shadows each attention layer's `_compute_attention` and
+#   recomputes what it would from the layer's attributes: the query scale
+#   (`query_head_dim_normalize`, `head_dim`, `hidden_dim`, `num_query_heads`;
+#   1.0 for Gemma 4, which has no `query_head_dim_normalize`), the window
+#   (`use_sliding_window_attention`, `sliding_window_size`, and Gemma 4's
+#   `is_global_attention`) and `logit_soft_cap`. If keras-hub changes how it
+#   scales, windows or caps, the splash path computes another attention than
+#   the dense one (the splash-vs-dense tests in
+#   tests/test_splash_attention.py fail on a CPU; a TPU run would not
+#   notice). The blocks' mask becomes a `(batch, seq, 1)` all-true
+#   placeholder: the attention layers' `call` must pass it only to
+#   `_compute_attention` (ignored) and to their "no attended tokens" wipe
+#   (never triggered: every token attends at least to itself).
 
 import contextlib
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
 import keras
+
+from kerasgemma.splash import splash_attention
+from kerasgemma.splash import splash_wanted
+
+KERNELS = ("auto", "dense", "splash")
 
 
 def segment_causal_mask(segment_ids):
@@ -96,11 +133,19 @@ def segment_positions(segment_ids):
 
 
 @contextlib.contextmanager
-def packed_attention(backbone, segment_ids):
+def packed_attention(backbone, segment_ids, kernel="auto"):
     """Make every decoder block of `backbone` attend within examples only.
 
     Works while the model is traced or run inside the `with` block; the
     blocks are restored afterwards.
+
+    Args:
+        backbone: a keras-hub Gemma (1–4) backbone.
+        segment_ids: `(batch, seq)` ints, one id per example, 0 for padding.
+        kernel: str. "splash" (JAX's Pallas Splash kernel; in interpret mode
+            off a TPU), "dense" (keras-hub's own attention with the segment
+            mask), or "auto": "splash" where `splash_wanted()` (a TPU),
+            else "dense".
 
     Example:
     >>> import numpy as np
@@ -113,11 +158,40 @@ def packed_attention(backbone, segment_ids):
     >>> bool(np.allclose(packed[0, 3], alone[0, 1], atol=1e-5))
     True
     """
-    mask = segment_causal_mask(segment_ids)
-    eye = jnp.eye(mask.shape[-1], dtype=bool)
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}.")
+    splash = kernel == "splash" or (kernel == "auto" and splash_wanted())
     positions = segment_positions(segment_ids)
     blocks = backbone.transformer_layers
     ropes = [block.attention.rope_layer for block in blocks]
+    if splash:
+        within_examples, attention_op = _splash_attention_masks(segment_ids), contextlib.nullcontext
+    else:
+        within_examples, attention_op = _dense_attention_masks(segment_ids), causal_attention_op
+
+    def restarting(rope):
+        return lambda inputs, start_index=0, **kwargs: rope(inputs, positions=positions)
+
+    for block, rope in zip(blocks, ropes):
+        object.__setattr__(block, "_compute_attention_mask", within_examples(block._compute_attention_mask))
+        object.__setattr__(block.attention, "rope_layer", restarting(rope))
+        if splash:
+            object.__setattr__(block.attention, "_compute_attention", _splash_compute_attention(block.attention, segment_ids))
+    try:
+        with attention_op():
+            yield
+    finally:
+        for block, rope in zip(blocks, ropes):
+            object.__delattr__(block, "_compute_attention_mask")
+            object.__setattr__(block.attention, "rope_layer", rope)
+            if splash:
+                object.__delattr__(block.attention, "_compute_attention")
+
+
+def _dense_attention_masks(segment_ids):
+    """`own_mask -> compute_attention_mask` for the dense path: the block's mask within examples."""
+    mask = segment_causal_mask(segment_ids)
+    eye = jnp.eye(mask.shape[-1], dtype=bool)
 
     def within_examples(own_mask):
         # The block's own mask (causal, and for Gemma 4's local layers the
@@ -131,19 +205,35 @@ def packed_attention(backbone, segment_ids):
 
         return compute_attention_mask
 
-    def restarting(rope):
-        return lambda inputs, start_index=0, **kwargs: rope(inputs, positions=positions)
+    return within_examples
 
-    for block, rope in zip(blocks, ropes):
-        object.__setattr__(block, "_compute_attention_mask", within_examples(block._compute_attention_mask))
-        object.__setattr__(block.attention, "rope_layer", restarting(rope))
-    try:
-        with causal_attention_op():
-            yield
-    finally:
-        for block, rope in zip(blocks, ropes):
-            object.__delattr__(block, "_compute_attention_mask")
-            object.__setattr__(block.attention, "rope_layer", rope)
+
+def _splash_attention_masks(segment_ids):
+    """`own_mask -> compute_attention_mask` for the splash path: an all-true `(batch, seq, 1)` placeholder.
+
+    The splash `_compute_attention` ignores the mask; the placeholder keeps
+    keras-hub's "no attended tokens" wipe from building a `(seq, seq)` mask.
+    """
+    placeholder = jnp.ones((*jnp.shape(segment_ids), 1), dtype=bool)
+    return lambda own_mask: lambda *args, **kwargs: placeholder
+
+
+def _splash_compute_attention(attention, segment_ids):
+    """A `_compute_attention` for keras-hub `attention` layer that runs `splash_attention`."""
+    if not hasattr(attention, "query_head_dim_normalize"):
+        scale = 1.0  # Gemma 4: its query and key norms replace the scale
+    elif attention.query_head_dim_normalize:
+        scale = 1 / math.sqrt(attention.head_dim)
+    else:
+        scale = 1 / math.sqrt(attention.hidden_dim // attention.num_query_heads)
+    # Gemma 4 marks its global layers `is_global_attention` and windows the rest.
+    local = attention.use_sliding_window_attention and not getattr(attention, "is_global_attention", False)
+    window = attention.sliding_window_size if local else None
+
+    def compute_attention(query, key, value, attention_mask, training=False, cache_update_index=0):
+        return splash_attention(query, key, value, segment_ids, scale, attention.logit_soft_cap, window)
+
+    return compute_attention
 
 
 @contextlib.contextmanager

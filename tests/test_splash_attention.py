@@ -1,0 +1,186 @@
+"""Splash attention on packed rows (`kerasgemma.splash`, `packed_attention(kernel="splash")`).
+
+No TPU is at hand: the kernel runs in Pallas' interpret mode on the CPU (the
+same kernel code, run as JAX ops), so these tests check what it computes, not
+its speed.
+
+Tolerance: everything is float32. Splash forms the softmax online, one
+128-token tile at a time (running maximum and sum, rescaled per tile); the
+dense path takes one softmax over the whole row. Same arithmetic, another
+order, so results move by float32 rounding: measured at most 1.2e-5 on hidden
+states of magnitude ~3.5 after 2-4 tiny layers (Gemma 4's largest, its
+query/key norms and scale 1.0 give the largest scores). A wrong mask, window,
+scale or soft-cap moves them by 1e-2 or more (the soft-cap test shows one).
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+import pytest
+from helpers import lora_model
+
+import kerasgemma.attention
+from kerasgemma.attention import packed_attention
+from kerasgemma.forward import backbone_inputs
+from kerasgemma.splash import splash_attention, splash_wanted
+from kerasgemma.tiny import build_tiny_causal_lm
+from kerasgemma.training.step import summed_loss
+
+ATOL = 5e-5
+
+# Three examples longer than the tiny models' window of 8 tokens, then padding
+# (segment 0); 100 tokens, which Splash pads to its 128-token tile.
+LENGTHS = (40, 25, 30)
+PADDING = 5
+
+
+def _packed_row(vocabulary_size, seed=0):
+    segment_ids = np.concatenate([np.full(n, i + 1) for i, n in enumerate(LENGTHS)] + [np.zeros(PADDING, int)])
+    token_ids = np.random.default_rng(seed).integers(10, vocabulary_size, segment_ids.size)
+    return {"token_ids": jnp.asarray(token_ids[None], jnp.int32), "segment_ids": jnp.asarray(segment_ids[None])}
+
+
+def _hidden(lm, batch, kernel):
+    with packed_attention(lm.backbone, batch["segment_ids"], kernel=kernel):
+        return np.asarray(lm.backbone(backbone_inputs(lm.backbone, batch)))
+
+
+@pytest.mark.parametrize(
+    "architecture", ["gemma3", *(pytest.param(a, marks=pytest.mark.slow) for a in ("gemma", "gemma2", "gemma4"))]
+)
+def test_splash_equals_dense_and_each_example_alone(architecture, shared_tiny_lm):
+    """Every position of a packed row with padding; the last example also against itself alone
+    (its positions restart, its window and its attention stay inside it)."""
+    lm = shared_tiny_lm(architecture)
+    batch = _packed_row(lm.backbone.vocabulary_size)
+    splash, dense = _hidden(lm, batch, "splash"), _hidden(lm, batch, "dense")
+    np.testing.assert_allclose(splash, dense, atol=ATOL, rtol=0)
+    start, end = sum(LENGTHS[:-1]), sum(LENGTHS)
+    alone = {"token_ids": batch["token_ids"][:, start:end], "segment_ids": jnp.ones((1, end - start), jnp.int32)}
+    alone = np.asarray(lm.backbone(backbone_inputs(lm.backbone, alone)))
+    np.testing.assert_allclose(splash[:, start:end], alone, atol=ATOL, rtol=0)
+
+
+def test_gemma2_attention_soft_cap_is_applied_where_logits_reach_it():
+    """Query weights x10 push attention logits up to Gemma 2's cap (tiny: 50): the cap changes the
+    outputs by ~0.6 (measured), and splash applies it as the dense path does. (x100 puts the
+    logits in the thousands, where float32 rounding of a score alone is ~1e-4.)"""
+    lm = build_tiny_causal_lm("gemma2")
+    for block in lm.backbone.transformer_layers:
+        block.attention.query_dense.kernel.assign(block.attention.query_dense.kernel * 10.0)
+    batch = _packed_row(lm.backbone.vocabulary_size)
+    capped = _hidden(lm, batch, "splash")
+    np.testing.assert_allclose(capped, _hidden(lm, batch, "dense"), atol=ATOL, rtol=0)
+    for block in lm.backbone.transformer_layers:
+        block.attention.logit_soft_cap = None
+    assert np.abs(_hidden(lm, batch, "splash") - capped).max() > 0.1
+
+
+def test_auto_picks_splash_on_a_tpu_only(monkeypatch, shared_tiny_lm):
+    for backend, wanted in (("tpu", True), ("gpu", False), ("cpu", False)):
+        monkeypatch.setattr(jax, "default_backend", lambda: backend)
+        assert splash_wanted() is wanted
+    monkeypatch.undo()
+    lm = shared_tiny_lm("gemma")
+    attention = lm.backbone.transformer_layers[0].attention
+    segment_ids = np.ones((1, 4), int)
+    with packed_attention(lm.backbone, segment_ids):  # this CPU
+        assert "_compute_attention" not in vars(attention)
+    monkeypatch.setattr(kerasgemma.attention, "splash_wanted", lambda: True)  # a TPU
+    with packed_attention(lm.backbone, segment_ids):
+        assert "_compute_attention" in vars(attention)
+    assert "_compute_attention" not in vars(attention)  # restored
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        with packed_attention(lm.backbone, segment_ids, kernel="flash"):
+            pass
+
+
+@pytest.mark.slow
+def test_lora_gradients_and_train_loss_agree_on_a_faked_tpu(monkeypatch):
+    """The project's loss (fused, sliced) and its LoRA gradients through `packed_attention`'s
+    default, with `splash_wanted` faked to say TPU; Gemma 2 with 2 KV heads for 4 query heads."""
+    lm = lora_model("gemma2", num_key_value_heads=2)
+    batch = _packed_row(lm.backbone.vocabulary_size)
+    segment_ids = batch["segment_ids"]
+    batch = dict(batch, target_ids=jnp.roll(batch["token_ids"], -1, axis=1),
+                 loss_weights=(segment_ids > 0) & (jnp.roll(segment_ids, -1, axis=1) == segment_ids))
+    trainable = [v.value for v in lm.trainable_variables]
+    non_trainable = [v.value for v in lm.non_trainable_variables]
+
+    def loss_and_grads():
+        def loss(values):
+            total, count = summed_loss(lm, values, non_trainable, batch)
+            return total / count
+
+        return jax.jit(jax.value_and_grad(loss))(trainable)
+
+    dense_loss, dense_grads = loss_and_grads()
+    calls = []
+    monkeypatch.setattr(kerasgemma.attention, "splash_wanted", lambda: True)
+    monkeypatch.setattr(kerasgemma.attention, "splash_attention", lambda *a: calls.append(1) or splash_attention(*a))
+    splash_loss, splash_grads = loss_and_grads()
+    assert len(calls) == lm.backbone.num_layers  # traced once per layer
+    np.testing.assert_allclose(splash_loss, dense_loss, rtol=1e-6)
+    assert len(splash_grads) == len(dense_grads) > 0
+    for variable, got, want in zip(lm.trainable_variables, splash_grads, dense_grads):
+        assert "lora_kernel" in variable.path and np.abs(want).max() > 0
+        np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(want).max(), rtol=0, err_msg=variable.path)
+
+
+def test_keras_fused_op_on_a_tpu_drops_the_soft_cap_under_jit(monkeypatch):
+    """Why the splash path matters for Gemma 2 on a TPU (docs/facts.md#splash): keras 3.15's
+    `dot_product_attention` on a TPU gives a traced mask to `jax.nn.dot_product_attention`
+    without `attn_logits_soft_cap`. The platform is faked; the cuDNN attempt then fails on
+    this CPU and XLA's implementation runs, as it does on a TPU."""
+
+    class FakeTpu:
+        platform = "tpu"
+
+    rng = np.random.default_rng(0)
+    q = jnp.asarray(rng.normal(0, 30, size=(1, 8, 2, 4)), jnp.float32)
+    mask = jnp.tril(jnp.ones((8, 8), bool))[None, None]
+
+    def attention(q, mask, soft_cap):
+        return keras.ops.dot_product_attention(q, q, q, mask=mask, attn_logits_soft_cap=soft_cap)
+
+    uncapped = attention(q, mask, None)
+    capped = splash_attention(q, q, q, jnp.ones((1, 8), jnp.int32), 1 / 2.0, soft_cap=5.0)
+    assert np.abs(np.asarray(capped) - np.asarray(uncapped)).max() > 1e-2  # the cap matters here
+    monkeypatch.setattr(jax, "devices", lambda *args: [FakeTpu()])
+    on_tpu = jax.jit(attention, static_argnums=2)(q, mask, 5.0)
+    np.testing.assert_allclose(on_tpu, uncapped, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_splash_runs_per_shard_under_a_keras_distribution(tmp_path):
+    """Pallas TPU kernels must run inside `jax.shard_map` on several devices; on 4 CPU devices
+    (rows over `batch`, heads over `model`, and the single KV head copied) the result equals
+    the unsharded one."""
+    script = textwrap.dedent("""
+        import jax, jax.numpy as jnp, keras, numpy as np
+        from kerasgemma.splash import splash_attention
+        rng = np.random.default_rng(0)
+        q = jnp.asarray(rng.normal(size=(4, 40, 4, 8)), jnp.float32)
+        kv = jnp.asarray(rng.normal(size=(4, 40, 1, 8)), jnp.float32)
+        segment_ids = jnp.asarray(np.repeat([[1] * 25 + [2] * 10 + [0] * 5], 4, axis=0))
+        run = jax.jit(lambda q, kv: splash_attention(q, kv, kv, segment_ids, 0.3, soft_cap=5.0, window=8))
+        alone = np.asarray(run(q, kv))
+        for shape in ((4, 1), (2, 2)):
+            mesh = keras.distribution.DeviceMesh(shape, ("batch", "model"), keras.distribution.list_devices())
+            layout = keras.distribution.LayoutMap(mesh)
+            keras.distribution.set_distribution(keras.distribution.ModelParallel(layout_map=layout, batch_dim_name="batch"))
+            sharded = jax.jit(lambda q, kv: splash_attention(q, kv, kv, segment_ids, 0.3, soft_cap=5.0, window=8))
+            assert "shard_map" in str(jax.make_jaxpr(sharded)(q, kv)), shape
+            np.testing.assert_allclose(np.asarray(sharded(q, kv)), alone, atol=1e-6)
+        print("ok")
+    """)
+    environment = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "KERAS_BACKEND": "jax"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, **environment))
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
