@@ -44,6 +44,8 @@ VARIANTS = {
     "causal_only": ("", {"causal_only": True}, "measurement only: keras-hub's causal mask, no segment mask"),
     "no_causal_hint": ("", {"no_causal_hint": True},
                        "the segment mask alone, without is_causal=True: cuDNN computes every block"),
+    "dense_attention": ("", {"dense_attention": True},
+                        "on a TPU: XLA's dense masked attention instead of the Splash kernel (elsewhere: the default)"),
     "batch16": ("", {"batch_size": 16}, "16 packed rows per step instead of 8"),
     "no_triton_gemm": ("--xla_gpu_enable_triton_gemm=false", {}, "XLA: cuBLAS for every matmul, no Triton GEMM fusions"),
     "reference_loss": ("", {"fused_loss": False}, "full float32 logits instead of the fused sliced loss"),
@@ -57,7 +59,7 @@ VARIANTS = {
 
 def kernel_kind(name):
     lowered = name.lower()
-    if any(key in lowered for key in ("cudnn", "fmha", "flash", "attn")):
+    if any(key in lowered for key in ("cudnn", "fmha", "flash", "attn", "splash")):
         return "attention"
     if any(key in lowered for key in ("gemm", "nvjet", "cutlass", "xmma", "cublas", "dot")):
         return "matmul"
@@ -94,9 +96,23 @@ def summarize_trace(trace_dir, steps, top=30):
     return "\n".join(lines)
 
 
+def apply_attention_options(options):
+    """Install the attention levers of `options` (popped) in this process: one variant per process."""
+    import kerasgemma.attention
+    import kerasgemma.forward
+
+    if options.pop("causal_only", False):
+        kerasgemma.forward.packed_attention = lambda backbone, segment_ids: contextlib.nullcontext()
+    if options.pop("no_causal_hint", False):
+        kerasgemma.attention.causal_attention_op = contextlib.nullcontext
+    if options.pop("dense_attention", False):
+        kerasgemma.attention.splash_wanted = lambda: False
+    return options
+
+
 def compile_variant(name, shape, dtype="bfloat16"):
     """XLA's figures for one variant's compiled step, without running it: FLOPs and bytes."""
-    _, options, _ = VARIANTS[name]
+    options = apply_attention_options(dict(VARIANTS[name][1]))
     import jax
 
     sequences = tt.make_sequences(400, tt.SHAPES[shape]["keras"]["vocabulary_size"], 0)
@@ -111,18 +127,9 @@ def compile_variant(name, shape, dtype="bfloat16"):
 
 
 def run_variant(name, shape, steps, warmup, profile_dir=None, batch_size=tt.BATCH_SIZE, profile_steps=3):
-    _, options, _ = VARIANTS[name]
-    options = dict({"batch_size": batch_size}, **options)
+    options = apply_attention_options(dict({"batch_size": batch_size}, **VARIANTS[name][1]))
     import jax
 
-    import kerasgemma.forward
-
-    if options.pop("causal_only", False):
-        kerasgemma.forward.packed_attention = lambda backbone, segment_ids: contextlib.nullcontext()
-    if options.pop("no_causal_hint", False):
-        import kerasgemma.attention
-
-        kerasgemma.attention.causal_attention_op = contextlib.nullcontext
     sequences = tt.make_sequences(4000, tt.SHAPES[shape]["keras"]["vocabulary_size"], 0)
     row = tt.arm_kerasgemma(shape, sequences, steps, warmup, **options)
     row["useful_tokens_per_second"] = row["useful_tokens"] / row["seconds"]

@@ -3,8 +3,9 @@
 `packed_attention` reaches into keras-hub 0.32's Gemma layers: it overrides
 each decoder block's `_compute_attention_mask`, swaps each attention layer's
 `rope_layer`, and (`causal_attention_op`) replaces `keras.ops.dot_product_attention`
-for the whole process with a copy that passes `is_causal=True`. None of that
-is public API. If keras-hub changes these functions the patch may silently stop
+for the whole process with a copy that passes `is_causal=True`; on the splash
+path (TPU) it shadows each attention layer's `_compute_attention` and gives
+the blocks a placeholder mask. None of that is public API. If keras-hub changes these functions the patch may silently stop
 working (packed examples then attend to each other, or positions no longer
 restart) or lose its speed-up. These tests fail loudly instead.
 """
@@ -17,6 +18,7 @@ import pytest
 from keras_hub.src.layers.modeling import rotary_embedding
 from keras_hub.src.models.gemma import gemma_attention, gemma_decoder_block
 from keras_hub.src.models.gemma3 import gemma3_attention, gemma3_decoder_block
+from keras_hub.src.models.gemma4 import gemma4_attention, gemma4_decoder_block
 
 
 # sha256[:16] of the source of every keras-hub function the patch relies on,
@@ -29,6 +31,11 @@ from keras_hub.src.models.gemma3 import gemma3_attention, gemma3_decoder_block
 #       window into the given mask, and call `ops.dot_product_attention` looked
 #       up on the `keras.ops` module at call time (so our swap is seen).
 #   `RotaryEmbedding.call`: accepts `positions=` (per-token positions).
+#   The splash path (kerasgemma/splash.py) recomputes `_compute_attention`
+#       from the layer's attributes: its query scale, sliding window (Gemma 4:
+#       the block's `_compute_attention_mask` windows the non-global layers)
+#       and soft-cap; attention `call` must pass the block's mask only to
+#       `_compute_attention` and its "no attended tokens" wipe.
 PINNED_SOURCES = {
     (gemma_attention.CachedGemmaAttention, "call"): "d9363a7df8d0c753",
     (gemma_attention.CachedGemmaAttention, "_apply_rope"): "6cddedef760d33ef",
@@ -41,6 +48,11 @@ PINNED_SOURCES = {
     (gemma_decoder_block.GemmaDecoderBlock, "call"): "efb67b8ab50709ea",
     (gemma3_decoder_block.Gemma3DecoderBlock, "call"): "1324c896008ea23a",
     (rotary_embedding.RotaryEmbedding, "call"): "ce8d78c538ea1c9a",
+    (gemma4_attention.Gemma4TextAttention, "call"): "0d2c9fc607f25507",
+    (gemma4_attention.Gemma4TextAttention, "_compute_attention"): "7ab4ab068b6ee26c",
+    (gemma4_attention.Gemma4TextAttention, "_mask_sliding_window"): "3a96f8217e82bebd",
+    (gemma4_decoder_block.Gemma4TextDecoderBlock, "call"): "572ec6ec25443f2b",
+    (gemma4_decoder_block.Gemma4TextDecoderBlock, "_compute_attention_mask"): "c1d93e14e17dcde9",
 }
 
 RECHECK = (
@@ -48,7 +60,9 @@ RECHECK = (
     "causal_attention_op). Re-read the new source against the comment at the top of "
     "kerasgemma/attention.py: the decoder block must still take its mask from "
     "self._compute_attention_mask, the attention layer must still rotate through "
-    "self.rope_layer(x, start_index=...) and call keras.ops.dot_product_attention by attribute. "
+    "self.rope_layer(x, start_index=...) and call keras.ops.dot_product_attention by attribute, "
+    "and _compute_attention must still scale, window and soft-cap as kerasgemma/attention.py's "
+    "_splash_compute_attention assumes (the TPU path). "
     "If it still holds, update the hash in tests/test_attention_patch.py; if not, packed "
     "training is wrong (examples attend to each other or positions do not restart)."
 )

@@ -173,6 +173,7 @@ def test_kernel_summary_groups_device_time(bench):
     import levers
 
     assert levers.kernel_kind("cudnn_generated_fort_native_sdpa_sm90_flash_bprop") == "attention"
+    assert levers.kernel_kind("splash_mha_dkv_segmented_no_residuals") == "attention"
     assert levers.kernel_kind("nvjet_sm90_tst_128x160_64x5_2x1_v_bz_NNT") == "matmul"
     assert levers.kernel_kind("loop_add_multiply_fusion_17") == "other fusion"
 
