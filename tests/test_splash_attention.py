@@ -70,6 +70,36 @@ def test_splash_equals_dense_and_each_example_alone(architecture, shared_tiny_lm
     np.testing.assert_allclose(splash[:, start:end], alone[:, : end - start], atol=ATOL, rtol=0)
 
 
+def _reference_attention(query, key, value, segment_ids, scale, soft_cap, window):
+    """The dense computation in NumPy float64: `segment_causal_mask`, narrowed to the window."""
+    query, key, value = (np.asarray(x, np.float64) for x in (query, key, value))
+    key, value = (np.repeat(x, query.shape[2] // x.shape[2], axis=2) for x in (key, value))
+    logits = np.einsum("btnh,bsnh->bnts", query * scale, key)
+    if soft_cap is not None:
+        logits = np.tanh(logits / soft_cap) * soft_cap
+    mask = np.asarray(kerasgemma.attention.segment_causal_mask(segment_ids))
+    if window is not None:
+        index = np.arange(mask.shape[-1])
+        mask = mask & (index[:, None] - index[None, :] < window)
+    logits = np.where(mask[:, None], logits, -np.inf)
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    return np.einsum("bnts,bsnh->btnh", weights / weights.sum(-1, keepdims=True), value)
+
+
+@pytest.mark.parametrize("soft_cap, window", [(None, None), (5.0, 100)])
+def test_splash_over_several_tiles_equals_the_dense_computation(soft_cap, window):
+    """300 tokens: padded to 384, three 128-token tiles a side, so the online softmax runs across
+    tiles and whole tiles are skipped (above the diagonal; with a window of 100, two tiles back).
+    Examples cross tile boundaries; 4 query heads share 2 key/value heads."""
+    rng = np.random.default_rng(0)
+    query = rng.normal(size=(2, 300, 4, 8)).astype("float32")
+    key, value = (rng.normal(size=(2, 300, 2, 8)).astype("float32") for _ in range(2))
+    segment_ids = np.array([[1] * 100 + [2] * 170 + [0] * 30, [1] * 20 + [2] * 250 + [3] * 30])
+    got = splash_attention(query, key, value, segment_ids, 0.5, soft_cap, window)
+    want = _reference_attention(query, key, value, segment_ids, 0.5, soft_cap, window)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
 def test_gemma2_attention_soft_cap_is_applied_where_logits_reach_it():
     """Query weights x10 push attention logits up to Gemma 2's cap (tiny: 50): the cap changes the
     outputs by ~0.6 (measured), and splash applies it as the dense path does. (x100 puts the
