@@ -11,6 +11,8 @@ order, so results move by float32 rounding: measured at most 1.2e-5 on hidden
 states of magnitude ~3.5 after 2-4 tiny layers (Gemma 4's largest, its
 query/key norms and scale 1.0 give the largest scores). A wrong mask, window,
 scale or soft-cap moves them by 1e-2 or more (the soft-cap test shows one).
+Against a float64 NumPy reference the kernel alone stays within 1e-5 (outputs
+of magnitude ~1).
 """
 
 import os
