@@ -36,7 +36,10 @@ has one and falls back to einsum attention). The H200 rows of
 with the scores counted, Gemma 2B at 4096 tokens without remat was estimated
 at 1.8x its measured peak; without them every measured row is within
 `MEASURED_MARGIN` (tests/test_memory_plan.py checks each committed row). On
-CPU, TPU and older GPUs the scores are counted; tests/test_memory_plan.py
+a TPU it is the Splash kernel that `kerasgemma.attention.packed_attention`
+runs for every layer, soft-cap or not (`kerasgemma.splash`; it keeps its
+output and log-sum-exp, no scores: read from its source, not measured on a
+TPU). On CPU and older GPUs the scores are counted; tests/test_memory_plan.py
 also checks the estimate against XLA's `memory_analysis()` of the compiled
 train step on CPU.
 
@@ -142,7 +145,7 @@ def _ampere_or_newer(devices):
 
 
 def fused_attention(devices, config):
-    """Whether the attention of `config` on `devices` runs as cuDNN's flash attention (no score matrix kept).
+    """Whether the attention of `config` on `devices` keeps no score matrix: cuDNN's flash attention, or Splash on a TPU.
 
     Example:
     >>> from kerasgemma.tiny import tiny_backbone_config
@@ -150,7 +153,11 @@ def fused_attention(devices, config):
     True
     >>> fused_attention(DEVICE_PROFILES["t4"], tiny_backbone_config("gemma3", 600))
     False
+    >>> fused_attention(DEVICE_PROFILES["tpu-v5e-8"], tiny_backbone_config("gemma2", 600))
+    True
     """
+    if devices.platform == "tpu":
+        return True  # kerasgemma.splash, soft-cap or not
     # Keras' `_can_use_flash_attention` needs compute capability 8.0, like bfloat16.
     return _ampere_or_newer(devices) and not config.get("attention_logit_soft_cap")
 
