@@ -195,24 +195,25 @@ def test_keras_fused_op_on_a_tpu_drops_the_soft_cap_under_jit(monkeypatch):
 @pytest.mark.slow
 def test_splash_runs_per_shard_under_a_keras_distribution(tmp_path):
     """Pallas TPU kernels must run inside `jax.shard_map` on several devices; on 4 CPU devices
-    (rows over `batch`, heads over `model`, and the single KV head copied) the result equals
-    the unsharded one."""
+    (rows over `batch`; heads over `model` with 2 KV heads split alike or 1 KV head copied)
+    the result equals the unsharded one."""
     script = textwrap.dedent("""
         import jax, jax.numpy as jnp, keras, numpy as np
         from kerasgemma.splash import splash_attention
         rng = np.random.default_rng(0)
-        q = jnp.asarray(rng.normal(size=(4, 40, 4, 8)), jnp.float32)
-        kv = jnp.asarray(rng.normal(size=(4, 40, 1, 8)), jnp.float32)
         segment_ids = jnp.asarray(np.repeat([[1] * 25 + [2] * 10 + [0] * 5], 4, axis=0))
-        run = jax.jit(lambda q, kv: splash_attention(q, kv, kv, segment_ids, 0.3, soft_cap=5.0, window=8))
-        alone = np.asarray(run(q, kv))
+        attention = jax.jit(lambda q, kv: splash_attention(q, kv, kv, segment_ids, 0.3, soft_cap=5.0, window=8))
+        q = jnp.asarray(rng.normal(size=(4, 40, 4, 8)), jnp.float32)
+        kvs = [jnp.asarray(rng.normal(size=(4, 40, heads, 8)), jnp.float32) for heads in (1, 2)]
+        alone = [np.asarray(attention(q, kv)) for kv in kvs]
         for shape in ((4, 1), (2, 2)):
             mesh = keras.distribution.DeviceMesh(shape, ("batch", "model"), keras.distribution.list_devices())
             layout = keras.distribution.LayoutMap(mesh)
             keras.distribution.set_distribution(keras.distribution.ModelParallel(layout_map=layout, batch_dim_name="batch"))
-            sharded = jax.jit(lambda q, kv: splash_attention(q, kv, kv, segment_ids, 0.3, soft_cap=5.0, window=8))
-            assert "shard_map" in str(jax.make_jaxpr(sharded)(q, kv)), shape
-            np.testing.assert_allclose(np.asarray(sharded(q, kv)), alone, atol=1e-6)
+            for kv, want in zip(kvs, alone):
+                sharded = jax.jit(lambda q, kv: splash_attention(q, kv, kv, segment_ids, 0.3, soft_cap=5.0, window=8))
+                assert "shard_map" in str(jax.make_jaxpr(sharded)(q, kv)), shape
+                np.testing.assert_allclose(np.asarray(sharded(q, kv)), want, atol=1e-6)
         print("ok")
     """)
     environment = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "KERAS_BACKEND": "jax"}
