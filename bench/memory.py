@@ -25,14 +25,16 @@ compiling, the steps) and `host_peak_bytes` (its peak RSS: the host RAM loading 
     python bench/memory.py --smoke                                  # tiny shapes on CPU, seconds
     python bench/memory.py --out bench/results/memory_h200.json     # DEFAULT_ROWS, one H200 call
     python bench/memory.py --rows gemma_2b:int4:block:1024 gemma4_e4b:int4:block:4096 gemma_2b:int4:none:4096
+    python bench/memory.py --rows all --row-timeout 300 --out bench/results/memory_all.json
 
-Time per row on one H200, estimated from the 2026-11-29 call (bench/results/2026-11-29-h200-memory*.json: compile
-17-21 s for Gemma 2B and 52-75 s for Gemma 4 E4B; the 5 rows of that call, which built and quantized with Keras'
-NumPy path, fit one 10-minute call, and its int4 rows did not) and from the host-side figures of
-`kerasgemma.quantize_slices`: a Gemma 2B row about 60-80 s, a Gemma 4 E4B int4 row about 200 s, a transformers row
-40-80 s, so the 6 default rows take about 8-9 minutes (`--row-timeout 300` bounds a row; `--out` is rewritten after
-every row, so a call cut short keeps the rows it finished). The rows the issue asks for that the default list
-leaves out are in `EXTRA_ROWS`, for a second call.
+Time per row on one H200, measured 2026-11-30 (bench/results/2026-11-30-h200-memory*.json, `row_seconds`): a
+Gemma 2B row 42-65 s (compile 14-27 s), a Gemma 4 E4B row 104-188 s (building and quantizing on the host ~50 s,
+49.5 GiB of host RAM; compile 55-92 s), a transformers row 20-30 s. `--row-timeout 300` bounds a row; `--out` is
+rewritten after every row, so a call cut short keeps the rows it finished. On a machine of several GPUs, row lists
+run side by side, one per GPU (`CUDA_VISIBLE_DEVICES=0 python bench/memory.py --rows ... &
+CUDA_VISIBLE_DEVICES=1 python bench/memory.py --rows ...`): that is how the 2026-11-30 rows were measured.
+`--rows all` runs `ALL_ROWS`, every kerasgemma row (24, about 40 minutes of one GPU); the default list
+(`DEFAULT_ROWS`) is three of them beside the three transformers rows.
 """
 
 import argparse
@@ -63,7 +65,9 @@ DEFAULT_ROWS = (
     "gemma4_e4b:int4:block:1024", "gemma_2b:int4:block:4096", "gemma_2b:int8:none:4096",
     "gemma_2b:hf-bnb4:none:1024", "gemma_2b:hf-bnb4:block:4096", "gemma4_e4b:hf-bnb4:block:1024",
 )
-EXTRA_ROWS = ("gemma_2b:int4:block:1024", "gemma4_e4b:int4:block:4096", "gemma_2b:int4:none:4096")
+# Every kerasgemma row issue 17 asks for: both shapes, each base, with and without remat, at 1024 and 4096 tokens.
+ALL_ROWS = tuple(f"{model}:{precision}:{remat}:{length}" for model in ("gemma_2b", "gemma4_e4b")
+                 for precision in ("bf16", "int8", "int4") for remat in ("none", "block") for length in (1024, 4096))
 SMOKE_ROWS = ("tiny:bf16:none:128", "tiny:int8:block:128", "tiny_gemma4:int4:dots:128", "tiny:hf-bnb4:none:128")
 OUT_OF_MEMORY = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory")
 
@@ -354,7 +358,8 @@ def _child_error(done):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", nargs="+", default=list(DEFAULT_ROWS), help="MODEL:PRECISION:REMAT:LENGTH ...")
+    parser.add_argument("--rows", nargs="+", default=list(DEFAULT_ROWS),
+                        help="MODEL:PRECISION:REMAT:LENGTH ..., or `all` for ALL_ROWS (default: DEFAULT_ROWS).")
     parser.add_argument("--batch-size", type=int, default=1, help="Rows per step (default 1).")
     parser.add_argument("--steps", type=int, default=4, help="Timed steps per row (default 4).")
     parser.add_argument("--warmup", type=int, default=1, help="Untimed first steps, compilation included.")
@@ -363,6 +368,8 @@ def main(argv=None):
     parser.add_argument("--smoke", action="store_true", help="Tiny shapes on CPU, in-process, seconds.")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.rows == ["all"]:
+        args.rows = list(ALL_ROWS)
     for name in args.rows:
         parse_row(name)
     if args.one:
