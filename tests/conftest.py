@@ -22,17 +22,17 @@ import os
 import shutil
 import tempfile
 
-# XLA:CPU at LLVM -O0: the suite compiles hundreds of tiny programs and runs
-# each a few times, so code generation, not execution, is its cost. Measured
-# on 2 cores: tests/test_export_merged.py's fast tests 68.5 s -> 46.9 s of CPU,
-# tests/test_train_step.py 31.8 s -> 20.2 s. Execution is slower (a jitted
-# forward of the real Gemma 3 270M: +35%), so the real-model demo subprocess
-# (tests/test_demo.py) drops the flag. Set before JAX starts its backend;
-# subprocesses inherit it. Numerics: same ops, same float32 arithmetic; the
-# tests compare within tolerances or within one process.
-XLA_TEST_FLAG = "--xla_backend_optimization_level=0"
-if XLA_TEST_FLAG not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {XLA_TEST_FLAG}".strip()
+# XLA:CPU with most optimizations off (`jax_disable_most_optimizations`:
+# backend optimization level 0 and no expensive LLVM passes): the suite
+# compiles hundreds of tiny programs and runs each a few times, so code
+# generation, not execution, is its cost. Tests that run the real Gemma 3
+# 270M execute more than they compile (its preset load alone initialises
+# 268M random weights: 29 s instead of 13 s at -O0) and turn the
+# optimizations back on with `helpers.optimized_xla()`. Set through the
+# environment so that subprocesses (CLI, notebooks, meshes) inherit it;
+# numerics: same ops, same float32 arithmetic, and the tests compare within
+# tolerances or within one process.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 # One XLA compilation cache for the whole test session, shared by the
 # pytest-xdist workers and every subprocess they start (the CLI, demo and
@@ -52,8 +52,23 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
         JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
     )
 
+# One kerasgemma cache (`$KERASGEMMA_CACHE`: the real Gemma 3 270M preset
+# built from its PyPI packages) for the whole test session, never the user's
+# ~/.cache/kerasgemma: every session builds the preset once, from the
+# packages, as CI does, and the tests cannot touch the user's cache. Created
+# by the first pytest process like the XLA cache; the `offline_preset`
+# fixture builds it under a file lock, so the worker that comes second waits.
+# Subprocesses (the real-model demo) inherit it and find the preset built.
+if "KERASGEMMA_TEST_SESSION_CACHE" not in os.environ:
+    _session_cache = tempfile.mkdtemp(prefix="kerasgemma-tests-cache-")
+    atexit.register(shutil.rmtree, _session_cache, ignore_errors=True)
+    os.environ["KERASGEMMA_TEST_SESSION_CACHE"] = _session_cache
+os.environ["KERASGEMMA_CACHE"] = os.environ["KERASGEMMA_TEST_SESSION_CACHE"]
+
+import fcntl  # noqa: E402
+
 import pytest  # noqa: E402
-from helpers import TOKEN, HubStandIn, write_sum_rows
+from helpers import TOKEN, HubStandIn, optimized_xla, write_sum_rows
 
 from kerasgemma.config import TrainConfig
 from kerasgemma.run import train
@@ -95,6 +110,22 @@ def trained_tiny_run(tmp_path_factory):
                          batch_size=2, validation_fraction=0.2, learning_rate=1e-2, max_steps=2,
                          max_new_tokens=4, output_dir=str(folder / "runs"))
     return train(config, progress=False)
+
+
+@pytest.fixture(scope="session")
+def offline_preset():
+    """The real Gemma 3 270M preset's folder, built once per test session into `$KERASGEMMA_CACHE`.
+
+    The first worker to ask builds it (about a minute) while any other waits
+    on the lock; afterwards `kerasgemma` subprocesses find it there too.
+    """
+    from kerasgemma.offline import build_offline_preset
+
+    cache_dir = os.environ["KERASGEMMA_CACHE"]
+    with open(os.path.join(cache_dir, ".tests-build.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with optimized_xla():
+            return build_offline_preset(cache_dir, progress=False)
 
 
 @pytest.fixture(scope="session")

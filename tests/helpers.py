@@ -6,12 +6,14 @@ tests/ has no __init__.py). Keep test modules from importing each other.
 
 import argparse
 import base64
+import contextlib
 import http.server
 import json
 import os
 import threading
 from pathlib import Path
 
+import jax
 import numpy as np
 import yaml
 
@@ -21,6 +23,26 @@ from kerasgemma.files import VERIFICATION_REPORT
 from kerasgemma.tiny import build_tiny_causal_lm, tiny_backbone_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def optimized_xla():
+    """XLA's full optimizations inside the block (the suite turns most of them off, tests/conftest.py).
+
+    For tests that run the real Gemma 3 270M: they execute more than they
+    compile. Programs compiled inside the block keep their optimizations.
+    """
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", previous)
+
+
+def optimized_xla_environment():
+    """`os.environ` for a subprocess that runs the real Gemma 3 270M with XLA's full optimizations."""
+    return {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "0"}
 
 
 def write_sum_rows(path, count=12, with_ids=False):

@@ -6,7 +6,6 @@ exporter would fail here, see tests/test_export_merged.py).
 """
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import XLA_TEST_FLAG
+from helpers import optimized_xla_environment
 
 
 def run_demo(tmp_path, *flags, env=None):
@@ -60,7 +59,7 @@ def test_demo_tiny_model_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_real_gemma3_270m_learns(tmp_path):
+def test_demo_real_gemma3_270m_learns(tmp_path, offline_preset):
     """The real default, shortened: validation loss must drop and the export must verify.
 
     Three steps already lower the validation loss (4.29 -> 3.33 after six,
@@ -69,11 +68,10 @@ def test_demo_real_gemma3_270m_learns(tmp_path):
     three training steps. No held-out answers: the tiny demo test covers
     them, and each costs two compiled generations of the 262k-vocabulary
     model. The export is verified as `make demo` verifies it.
-    Without the suite's XLA -O0 flag (tests/conftest.py), which slows this
-    model's execution.
+    With XLA's full optimizations, which the suite turns off
+    (tests/conftest.py): this model executes more than it compiles.
     """
-    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if f != XLA_TEST_FLAG)
-    env = dict(os.environ, XLA_FLAGS=flags)
+    env = optimized_xla_environment()
     run_dir, stdout = run_demo(tmp_path, "--max-steps", "3", "--held-out", "0", "--validation-fraction", "0.025",
                                env=env)
     report = json.loads((run_dir / "demo_report.json").read_text())

@@ -41,6 +41,7 @@ from kerasgemma.export.gguf_layout import (dequantized_hf_tensors,
                                            expected_tensor_names,
                                            gguf_architecture, gguf_tensor_name,
                                            stored_tensor)
+from kerasgemma.export.gguf_reuse import reusing_gguf_reader
 from kerasgemma.export.tokenizer_files import PROBE_TEXTS
 from kerasgemma.export.verify import (DEFAULT_ATOL, _compare_prompts,
                                       _float32_model, _load_float32,
@@ -305,7 +306,8 @@ def verify_gguf(causal_lm, gguf_file, folder, gguf_type, prompts=None, max_new_t
     prompts = tuple(prompts or default_prompts(keras_tokenizer))
     tokenizer_match = _check_tokenizer(reader, keras_tokenizer, prompts, failures)
     stored = dequantized_hf_tensors(reader, names)
-    model, loader = _gguf_model(gguf_file, folder, stored)
+    with reusing_gguf_reader(reader):  # transformers would parse the file again (gguf_reuse)
+        model, loader = _gguf_model(gguf_file, folder, stored)
     stored_lm = keras_model_holding(reference_lm, config, stored)
     stored = None
     checks, _, prompt_ids, _ = _compare_prompts(stored_lm, model, folder, prompts, max_new_tokens, atol,
