@@ -41,14 +41,18 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 # back instead of compiled again. Created by the first pytest process (the
 # xdist controller, whose environment the workers inherit) and removed when
 # it exits, so every session starts cold, as CI does. A size limit turns on
-# JAX's file lock, so two workers never read an entry half written.
+# JAX's file lock, so two workers never read an entry half written. Only
+# programs that took 0.2 s or more to compile are stored: eager JAX compiles
+# each op of a forward on its own (milliseconds each), and writing and
+# looking up those thousands of entries cost more than compiling them
+# (tests/test_data_packing.py's fast tests: 45 s with every entry, 36 s).
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _cache_dir = tempfile.mkdtemp(prefix="kerasgemma-tests-xla-cache-")
     atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
     os.environ.update(
         JAX_COMPILATION_CACHE_DIR=_cache_dir,
         JAX_COMPILATION_CACHE_MAX_SIZE=str(4 << 30),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.2",
         JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
     )
 

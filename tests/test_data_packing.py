@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from helpers import spy_fused_attention
+from helpers import jitted_backbone, spy_fused_attention
 
 from kerasgemma.data import Batches, pack_rows, tokenize_examples
 from kerasgemma.forward import token_losses
@@ -136,8 +136,8 @@ def test_packed_example_in_bfloat16_is_computed_as_if_alone(architecture):
     token_ids = np.concatenate([first, second])[None]
     segment_ids = np.array([[1] * 60 + [2] * 30])
     with packed_attention(lm.backbone, segment_ids):
-        packed = lm.backbone({"token_ids": token_ids, "padding_mask": np.ones_like(token_ids, bool)})
-    alone = lm.backbone({"token_ids": second[None], "padding_mask": np.ones((1, 30), bool)})
+        packed = jitted_backbone(lm.backbone)({"token_ids": token_ids, "padding_mask": np.ones_like(token_ids, bool)})
+    alone = jitted_backbone(lm.backbone)({"token_ids": second[None], "padding_mask": np.ones((1, 30), bool)})
     np.testing.assert_allclose(np.asarray(packed, np.float32)[0, 60:], np.asarray(alone, np.float32)[0], atol=1e-3, rtol=0)
 
 

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 import pytest
-from helpers import lora_model
+from helpers import jitted_backbone, lora_model
 
 import kerasgemma.attention
 from kerasgemma.attention import packed_attention
@@ -50,7 +50,7 @@ def _packed_row(vocabulary_size, seed=0):
 
 def _hidden(lm, batch, kernel):
     with packed_attention(lm.backbone, batch["segment_ids"], kernel=kernel):
-        return np.asarray(lm.backbone(backbone_inputs(lm.backbone, batch)))
+        return np.asarray(jitted_backbone(lm.backbone)(backbone_inputs(lm.backbone, batch)))
 
 
 @pytest.mark.parametrize(
@@ -59,8 +59,8 @@ def _hidden(lm, batch, kernel):
 def test_splash_equals_dense_and_each_example_alone(architecture, shared_tiny_lm):
     """Every position of a packed row with padding; the last example also against itself alone
     (its positions restart, its window and its attention stay inside it). Alone = first in a
-    row of the same length, the rest padding, through keras-hub's own causal attention (same
-    shapes: eager JAX compiles each op once per shape, ~10 s for a tiny Gemma 4)."""
+    row of the same length, the rest padding, through keras-hub's own causal attention. Jitted
+    forwards (helpers.jitted_backbone): eager JAX compiles each op once per shape."""
     lm = shared_tiny_lm(architecture)
     batch = _packed_row(lm.backbone.vocabulary_size)
     splash, dense = _hidden(lm, batch, "splash"), _hidden(lm, batch, "dense")
@@ -68,7 +68,7 @@ def test_splash_equals_dense_and_each_example_alone(architecture, shared_tiny_lm
     start, end = sum(LENGTHS[:-1]), sum(LENGTHS)
     alone = {"token_ids": jnp.roll(batch["token_ids"], -start, axis=1),
              "segment_ids": (jnp.arange(batch["token_ids"].shape[1]) < end - start)[None].astype(jnp.int32)}
-    alone = np.asarray(lm.backbone(backbone_inputs(lm.backbone, alone)))
+    alone = np.asarray(jitted_backbone(lm.backbone)(backbone_inputs(lm.backbone, alone)))
     np.testing.assert_allclose(splash[:, start:end], alone[:, : end - start], atol=ATOL, rtol=0)
 
 
