@@ -1,21 +1,22 @@
-"""Install the peer arms' libraries offline, from wheel folders carried to the GPU machine, into `.site/`.
+"""Install the peer arms' libraries offline, from wheel folders carried to the GPU machine.
 
 The GPU image has torch, transformers, PEFT and JAX but not Liger, Unsloth or
 Tunix, nor several of their dependencies; one device call carries at most
-64 MiB, so their wheels (Python 3.12, manylinux x86_64) come in three folders,
-installed one call at a time:
+64 MiB, so their wheels (Python 3.12, manylinux x86_64) come in several
+folders, installed one call at a time, into a folder outside the repository:
 
-    python bench/install_peers.py .whl-peers-1   # pyarrow and datasets' small dependencies
-    python bench/install_peers.py .whl-peers-2   # bitsandbytes, pandas, datasets < 5, trl <= 1.15, Liger, Tunix
-    python bench/install_peers.py .whl-peers-3   # Unsloth, unsloth_zoo, torchvision for torch 2.11, the rest
-    PYTHONPATH=.site python bench/train_throughput.py ...
+    python bench/install_peers.py --target /tmp/site .whl .whl-gpu1   # keras, keras-hub; bitsandbytes, Liger, trl, datasets < 5
+    python bench/install_peers.py --target /tmp/site .whl-gpu2        # Unsloth, unsloth_zoo and their own needs
+    PYTHONPATH=/tmp/site:$PWD python bench/train_throughput.py ...
 
-Each wheel goes into `.site/` without its dependencies (they are other wheels
-of the folders, or the machine's own packages), unless the machine already has
-that distribution in a version the peers accept (`ACCEPTED`; any version for
-the others), so the binary packages the image already has are not shadowed.
-`.site/` is inside the repository (git-ignored), so a warm machine keeps it
-between calls. Prints one line per wheel: installed, or kept and why.
+Each wheel goes into the target without its dependencies (they are other
+wheels of the folders, or the machine's own packages), unless the machine
+already has that distribution in a version the peers accept (`ACCEPTED`; any
+version for the others), so the binary packages the image already has are
+not shadowed. Use a target outside the repository: a warm device machine
+keeps `/tmp/site` between calls, while a git-ignored folder inside the
+repository lost its top-level `.py` files between two calls (2026-11-29).
+Prints one line per wheel: installed, or kept and why.
 """
 
 import argparse
@@ -62,7 +63,8 @@ def installed_version(name):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folders", nargs="+", help="Folders of .whl files.")
-    parser.add_argument("--target", default=".site", help="Where to install (put it on PYTHONPATH; default .site).")
+    parser.add_argument("--target", default="/tmp/site",
+                        help="Where to install (put it on PYTHONPATH; default /tmp/site, outside the repository).")
     args = parser.parse_args(argv)
     sys.path.insert(0, os.path.abspath(args.target))  # what an earlier call installed counts as installed
     importlib.invalidate_caches()
