@@ -25,7 +25,7 @@ from helpers import optimized_xla
 import kerasgemma as kg
 from kerasgemma.export.gguf_reuse import reusing_gguf_reader
 from kerasgemma.offline import OFFLINE_PRESET_NAME, build_offline_preset
-from kerasgemma.offline.gguf_file import import_gguf_package
+from kerasgemma.offline.gguf_file import gguf_path, import_gguf_package
 
 pytestmark = pytest.mark.slow
 # One worker of `make test` (pytest-xdist, --dist loadgroup) runs the tests
@@ -55,32 +55,27 @@ LOGITS_ATOL = 1e-3
 
 
 @pytest.fixture(scope="session")
-def offline_cache(offline_preset):
-    return os.path.dirname(offline_preset), offline_preset
-
-
-@pytest.fixture(scope="session")
-def keras_lm(offline_cache):
+def keras_lm(offline_preset):
     with optimized_xla():
-        return keras_hub.models.Gemma3CausalLM.from_preset(offline_cache[1])
+        return keras_hub.models.Gemma3CausalLM.from_preset(offline_preset)
 
 
 @pytest.fixture(scope="session")
-def hf_reference(offline_cache):
+def hf_reference(offline_preset):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    cache_dir, _ = offline_cache
+    cache_dir = os.path.dirname(offline_preset)
     gguf_name = import_gguf_package().MODEL_NAME
     # The file parsed once instead of three times (about 30 s each).
-    with reusing_gguf_reader(gguf.GGUFReader(os.path.join(cache_dir, gguf_name))):
+    with reusing_gguf_reader(gguf.GGUFReader(gguf_path(cache_dir))):
         model = AutoModelForCausalLM.from_pretrained(cache_dir, gguf_file=gguf_name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(cache_dir, gguf_file=gguf_name)
     return model.eval(), tokenizer
 
 
-def test_preset_is_cached(offline_cache):
-    cache_dir, path = offline_cache
+def test_preset_is_cached(offline_preset):
+    cache_dir, path = os.path.dirname(offline_preset), offline_preset
     assert path == os.path.join(cache_dir, OFFLINE_PRESET_NAME)
     start = time.perf_counter()
     assert build_offline_preset(cache_dir, progress=False) == path
@@ -141,10 +136,10 @@ def test_greedy_generation_matches_transformers(keras_lm, hf_reference):
     assert keras_text.startswith(prompt) and len(keras_text) > len(prompt)
 
 
-def test_gguf_export_with_lora_round_trips(offline_cache, tmp_path):
+def test_gguf_export_with_lora_round_trips(offline_preset, tmp_path):
     """The 270M with a non-zero LoRA, written as Q8_0 (blocks along HF rows: the layout-sensitive type) and read back."""
     # Its own copy: LoRA must not leak into the session's `keras_lm`.
-    lm = keras_hub.models.Gemma3CausalLM.from_preset(offline_cache[1])
+    lm = keras_hub.models.Gemma3CausalLM.from_preset(offline_preset)
     lm.backbone.enable_lora(4)
     rng = np.random.default_rng(0)
     for layer in lm.backbone._flatten_layers():
@@ -206,11 +201,11 @@ def _held_out_loss_after_training(preset_path, dtype, quantize, steps=4):
     return float(total) / float(count)
 
 
-def test_int8_base_trains_to_the_bfloat16_loss(offline_cache):
+def test_int8_base_trains_to_the_bfloat16_loss(offline_preset):
     # The float32 arm of the measurement above is left out here (one more
     # compile and run of the 270M, about a minute): the issue's bound is int8
     # against bfloat16.
-    losses = {name: _held_out_loss_after_training(offline_cache[1], dtype, quantize)
+    losses = {name: _held_out_loss_after_training(offline_preset, dtype, quantize)
               for name, dtype, quantize in [("bfloat16", "bfloat16", None), ("int8", "bfloat16", "int8")]}
     print(f"held-out loss after 4 steps: {losses}")
     assert abs(losses["int8"] - losses["bfloat16"]) <= INT8_VS_BF16_MAX_LOSS_DISTANCE, losses

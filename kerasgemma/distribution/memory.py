@@ -234,6 +234,17 @@ def largest_weight(config, architecture):
     return max(vocabulary * hidden, per_layer_table, hidden * width)
 
 
+def host_budget_bytes(devices):
+    """Host RAM loading may use (`HOST_USABLE_FRACTION`), or None when `devices` does not know the host's RAM.
+
+    Example:
+    >>> host_budget_bytes(DEVICE_PROFILES["t4"]) / 1e9, host_budget_bytes(DEVICE_PROFILES["h100"])
+    (11.43, None)
+    """
+    host = devices.host_memory_bytes
+    return None if host is None else int(HOST_USABLE_FRACTION * host)
+
+
 @dataclasses.dataclass(frozen=True)
 class MemoryPlan:
     """Bytes per device of one setting, the host RAM loading needs, and whether they fit (`memory_plan`)."""
@@ -264,8 +275,7 @@ class MemoryPlan:
     @property
     def host_budget_bytes(self):
         """Host RAM loading may use, or None when the host's RAM is unknown."""
-        host = self.devices.host_memory_bytes
-        return None if host is None else int(HOST_USABLE_FRACTION * host)
+        return host_budget_bytes(self.devices)
 
     @property
     def fits(self):
@@ -331,8 +341,8 @@ def memory_plan(preset, devices, dtype="auto", quantize=None, remat="none", batc
     if quantize is not None and host_loading:
         largest = largest_weight(config, architecture)
         host_load = float_bytes + int(largest * QUANTIZE_SCRATCH_BYTES[quantize])
-    host_budget = devices.host_memory_bytes and HOST_USABLE_FRACTION * devices.host_memory_bytes
-    on_host = bool(host_load) and (not host_budget or host_load <= host_budget)
+    host_budget = host_budget_bytes(devices)
+    on_host = bool(host_load) and (host_budget is None or host_load <= host_budget)
     strategy = choose_strategy(stored if on_host else float_bytes, devices, batch_size, distribution, mesh)
     strategy = dataclasses.replace(strategy, loads_on_host=on_host)
     model_axis = strategy.mesh[1]
