@@ -17,6 +17,7 @@ import os
 import time
 
 import gguf
+import jax
 import keras_hub
 import numpy as np
 import pytest
@@ -98,9 +99,40 @@ def test_preset_config(keras_lm):
     assert keras_lm.preprocessor.tokenizer.end_token_id == 1
 
 
+@pytest.fixture(scope="session")
+def keras_logits(keras_lm, hf_reference):
+    """Keras logits of every prompt (by prompt), from one compiled forward of all of them.
+
+    Rows are right-padded to one length with `padding_mask` zero there: causal
+    attention keeps the padding out of every real position, and one program
+    replaces an eager forward per prompt length (about 10 s each).
+    """
+    _, tokenizer = hf_reference
+    token_ids = [tokenizer(prompt).input_ids for prompt in PROMPTS]
+    length = max(len(ids) for ids in token_ids)
+    padded = np.zeros((len(PROMPTS), length), np.int32)
+    mask = np.zeros_like(padded)
+    for row, ids in enumerate(token_ids):
+        padded[row, : len(ids)], mask[row, : len(ids)] = ids, 1
+    with optimized_xla():
+        logits = np.asarray(jitted_backbone_logits(keras_lm)(padded, mask))
+    return {prompt: logits[row, : len(ids)] for row, (prompt, ids) in enumerate(zip(PROMPTS, token_ids))}
+
+
+def jitted_backbone_logits(causal_lm):
+    """`causal_lm`'s logits as one compiled program taking the weights as arguments (not as constants)."""
+    def logits(trainable, non_trainable, token_ids, padding_mask):
+        inputs = {"token_ids": token_ids, "padding_mask": padding_mask}
+        return causal_lm.stateless_call(trainable, non_trainable, inputs)[0]
+
+    weights = ([v.value for v in causal_lm.trainable_variables], [v.value for v in causal_lm.non_trainable_variables])
+    compiled = jax.jit(logits)
+    return lambda token_ids, padding_mask: compiled(*weights, token_ids, padding_mask)
+
+
 @shares_references
 @pytest.mark.parametrize("prompt", PROMPTS)
-def test_logits_match_transformers(keras_lm, hf_reference, prompt):
+def test_logits_match_transformers(keras_lm, hf_reference, keras_logits, prompt):
     import torch
 
     model, tokenizer = hf_reference
@@ -110,11 +142,10 @@ def test_logits_match_transformers(keras_lm, hf_reference, prompt):
     keras_ids = keras_lm.preprocessor.tokenizer(prompt)
     assert [2] + [int(i) for i in keras_ids] == token_ids[0].tolist()
 
-    ids = token_ids.numpy().astype("int32")
-    logits = keras_lm({"token_ids": ids, "padding_mask": np.ones_like(ids)})
-    logits = np.asarray(logits)[0]
+    logits = keras_logits[prompt]
+    assert logits.shape == expected.shape
     delta = np.abs(logits - expected).max()
-    print(f"{prompt[:12]!r}: {ids.shape[1]} tokens, max |Δlogits| {delta:.2e}")
+    print(f"{prompt[:12]!r}: {token_ids.shape[1]} tokens, max |Δlogits| {delta:.2e}")
     assert delta < LOGITS_ATOL
     assert (logits.argmax(-1) == expected.argmax(-1)).all()
 
