@@ -71,10 +71,14 @@ os.environ["KERASGEMMA_CACHE"] = os.environ["KERASGEMMA_TEST_SESSION_CACHE"]
 
 import fcntl  # noqa: E402
 
+import gguf  # noqa: E402
 import pytest  # noqa: E402
 from helpers import TOKEN, HubStandIn, optimized_xla, write_sum_rows
 
 from kerasgemma.config import TrainConfig
+from kerasgemma.export.gguf_reuse import reusing_gguf_reader
+from kerasgemma.offline import OFFLINE_PRESET_NAME, build_offline_preset, gguf_path
+from kerasgemma.offline.preset import is_complete_preset
 from kerasgemma.run import train
 from kerasgemma.tiny import build_tiny_causal_lm, build_tiny_tokenizer_proto
 
@@ -117,18 +121,32 @@ def trained_tiny_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def offline_preset():
+def offline_gguf_reader():
+    """The session cache's real Gemma 3 270M GGUF, parsed once per worker.
+
+    Parsing takes about 25 s on 2 cores: `gguf` reads the 262k-entry
+    vocabulary one field at a time. Read it inside
+    `kerasgemma.export.gguf_reuse.reusing_gguf_reader(reader)` and the
+    preset build, transformers' GGUF loader and the tokenizer rebuild all
+    take this one instead of parsing the file again.
+    """
+    return gguf.GGUFReader(gguf_path(os.environ["KERASGEMMA_CACHE"]))
+
+
+@pytest.fixture(scope="session")
+def offline_preset(request):
     """The real Gemma 3 270M preset's folder, built once per test session into `$KERASGEMMA_CACHE`.
 
-    The first worker to ask builds it (about a minute) while any other waits
-    on the lock; afterwards `kerasgemma` subprocesses find it there too.
+    The first worker to ask builds it (about a minute, from
+    `offline_gguf_reader`) while any other waits on the lock; afterwards
+    `kerasgemma` subprocesses find it there too.
     """
-    from kerasgemma.offline import build_offline_preset
-
     cache_dir = os.environ["KERASGEMMA_CACHE"]
     with open(os.path.join(cache_dir, ".tests-build.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        with optimized_xla():
+        if is_complete_preset(os.path.join(cache_dir, OFFLINE_PRESET_NAME)):
+            return build_offline_preset(cache_dir, progress=False)  # returns at once
+        with optimized_xla(), reusing_gguf_reader(request.getfixturevalue("offline_gguf_reader")):
             return build_offline_preset(cache_dir, progress=False)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 import yaml
 
 from kerasgemma.config import TrainConfig
@@ -23,6 +24,12 @@ from kerasgemma.files import VERIFICATION_REPORT
 from kerasgemma.tiny import build_tiny_causal_lm, tiny_backbone_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# The tests that read the real Gemma 3 270M's GGUF (the `offline_gguf_reader`
+# fixture) run on one pytest-xdist worker (`--dist loadgroup`), so the file is
+# parsed once for all of them, the preset build included when that worker
+# builds it; tests that need only the built preset may run on another worker.
+uses_offline_gguf = pytest.mark.xdist_group("offline_gguf")
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from helpers import optimized_xla_environment
+from helpers import optimized_xla_environment, uses_offline_gguf
 
 
 def run_demo(tmp_path, *flags, env=None):
@@ -59,6 +59,7 @@ def test_demo_tiny_model_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
+@uses_offline_gguf  # the worker that builds the preset parses the GGUF once for the other real-model tests
 def test_demo_real_gemma3_270m_learns(tmp_path, offline_preset):
     """The real default, shortened: validation loss must drop and the export must verify.
 

@@ -16,24 +16,23 @@ exports in float32).
 import os
 import time
 
-import gguf
 import jax
 import keras_hub
 import numpy as np
 import pytest
-from helpers import optimized_xla
+from helpers import optimized_xla, uses_offline_gguf
 
 import kerasgemma as kg
 from kerasgemma.export.gguf_reuse import reusing_gguf_reader
 from kerasgemma.offline import OFFLINE_PRESET_NAME, build_offline_preset
-from kerasgemma.offline.gguf_file import gguf_path, import_gguf_package
+from kerasgemma.offline.gguf_file import import_gguf_package
 
 pytestmark = pytest.mark.slow
-# One worker of `make test` (pytest-xdist, --dist loadgroup) runs the tests
-# that share the Keras model and the transformers reference, so each is built
-# once; the GGUF round trip and the int8 training need only the preset
-# (built once per session, conftest.py) and may run on another worker.
-shares_references = pytest.mark.xdist_group("offline_real_model_references")
+# One worker of `make test` runs the tests that share the Keras model and the
+# transformers reference, so each is built once (`helpers.uses_offline_gguf`);
+# the GGUF round trip and the int8 training need only the preset (built once
+# per session, conftest.py) and may run on another worker.
+shares_references = uses_offline_gguf
 
 
 @pytest.fixture(autouse=True)
@@ -62,19 +61,20 @@ def keras_lm(offline_preset):
 
 
 @pytest.fixture(scope="session")
-def hf_reference(offline_preset):
+def hf_reference(offline_preset, offline_gguf_reader):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cache_dir = os.path.dirname(offline_preset)
     gguf_name = import_gguf_package().MODEL_NAME
-    # The file parsed once instead of three times (about 30 s each).
-    with reusing_gguf_reader(gguf.GGUFReader(gguf_path(cache_dir))):
+    # The worker's parsed file instead of three more parses (about 25 s each).
+    with reusing_gguf_reader(offline_gguf_reader):
         model = AutoModelForCausalLM.from_pretrained(cache_dir, gguf_file=gguf_name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(cache_dir, gguf_file=gguf_name)
     return model.eval(), tokenizer
 
 
+@shares_references
 def test_preset_is_cached(offline_preset):
     cache_dir, path = os.path.dirname(offline_preset), offline_preset
     assert path == os.path.join(cache_dir, OFFLINE_PRESET_NAME)

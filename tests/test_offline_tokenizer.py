@@ -11,14 +11,14 @@ read with newline="" so "\\r\\n" cases survive.
 
 import os
 
-import gguf
 import keras_hub
 import pytest
 import sentencepiece as spm
+from helpers import uses_offline_gguf
 from sentencepiece import sentencepiece_model_pb2
 
 from kerasgemma.export.gguf_reuse import reusing_gguf_reader
-from kerasgemma.offline import gguf_path, sentencepiece_proto_from_gguf
+from kerasgemma.offline import sentencepiece_proto_from_gguf
 from kerasgemma.offline.tokenizer import sentencepiece_proto
 
 CORPUS = os.path.join(os.path.dirname(__file__), "data", "tokenizer_corpus.txt")
@@ -125,17 +125,14 @@ def test_corpus_covers_required_cases():
     assert not missing, missing
 
 
-@pytest.fixture(scope="module")
-def real_gguf(tmp_path_factory):
-    return gguf_path(str(tmp_path_factory.mktemp("offline_cache")))
-
-
 @pytest.mark.slow
-def test_corpus_parity_keras_hub_transformers(real_gguf, tmp_path):
+@uses_offline_gguf
+def test_corpus_parity_keras_hub_transformers(offline_gguf_reader, tmp_path):
     from transformers import AutoTokenizer, GemmaTokenizer
 
-    # The file parsed once for both readers (about 25 s each).
-    with reusing_gguf_reader(gguf.GGUFReader(real_gguf)):
+    real_gguf = offline_gguf_reader.data.filename
+    # The worker's parsed file for both readers (a parse takes about 25 s).
+    with reusing_gguf_reader(offline_gguf_reader):
         proto = sentencepiece_proto_from_gguf(real_gguf)
         reference = AutoTokenizer.from_pretrained(
             os.path.dirname(real_gguf), gguf_file=os.path.basename(real_gguf)
