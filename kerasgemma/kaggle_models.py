@@ -60,12 +60,16 @@ def check_kaggle_credentials():
                         "secrets (or call kagglehub.login()).")
 
 
-def push_to_kaggle(folder, handle, license_name=GEMMA_KAGGLE_LICENSE, version_notes=None, force=False):
+def push_to_kaggle(folder, handle, kind="merged", license_name=GEMMA_KAGGLE_LICENSE, version_notes=None,
+                   force=False):
     """Upload `folder` to Kaggle Models as `handle`; returns the model's Kaggle URL.
 
     Args:
         folder: str. An exported folder with its model card.
-        handle: str. "OWNER/MODEL/FRAMEWORK/VARIATION" (see `kaggle_handle`).
+        handle: str. "OWNER/MODEL", completed by `kind` (`kaggle_handle`),
+            or a full "OWNER/MODEL/FRAMEWORK/VARIATION".
+        kind: str. The export's kind ("merged" or "adapter"): the variation
+            of an "OWNER/MODEL" handle.
         license_name: str. Kaggle's name of the license (Gemma's by default).
         version_notes: str or None. Notes of the new version.
         force: bool. Upload even if verification failed or was skipped.
@@ -76,7 +80,7 @@ def push_to_kaggle(folder, handle, license_name=GEMMA_KAGGLE_LICENSE, version_no
     if not force:
         check_verified(folder)
     check_kaggle_credentials()
-    parsed = parse_model_handle(handle)
+    parsed = parse_model_handle(kaggle_handle(handle, kind))
     kagglehub.model_upload(
         str(parsed),
         str(folder),

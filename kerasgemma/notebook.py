@@ -8,7 +8,8 @@ kagglehub read, and are never printed. Whether a push can work is checked
 before training, so a missing token costs a second, not a training run.
 
 Example:
->>> runs_folder("my-runs")
+>>> prepare_notebook("my-runs")
+no push requested (hf_repo_id and kaggle_model are empty)
 'my-runs'
 """
 
@@ -138,3 +139,23 @@ def check_outputs_ready(hf_repo_id="", kaggle_model="", endpoint=None, log=print
         log(f"Kaggle credentials found (not shown): will upload to {handle.rsplit('/', 2)[0]}")
     if not hf_repo_id and not kaggle_model:
         log("no push requested (hf_repo_id and kaggle_model are empty)")
+
+
+def prepare_notebook(output_dir="", hf_repo_id="", kaggle_model="", use_drive=True, log=print):
+    """A notebook's first step: the runs folder (`runs_folder`), secrets loaded (`load_secrets`), pushes checked.
+
+    Args:
+        output_dir: str. Where runs go; "" for the platform's folder that
+            survives a disconnect.
+        hf_repo_id: str. The Hub repo to push to ("" = no Hub push).
+        kaggle_model: str. "OWNER/MODEL" on Kaggle Models ("" = no upload).
+        use_drive: bool. On Colab, keep runs on Google Drive.
+        log: callable for one-line messages (never given a token).
+
+    Returns:
+        str. The runs folder, for `TrainConfig(output_dir=...)`.
+    """
+    folder = runs_folder(output_dir, use_drive=use_drive, log=log)
+    load_secrets()
+    check_outputs_ready(hf_repo_id, kaggle_model, log=log)
+    return folder

@@ -229,6 +229,18 @@ class Run:
         """Greedy answers of the model as it is now to `questions` (a list of str)."""
         return sample_answers(self.causal_lm, self.config, questions)
 
+    def sample_log(self):
+        """The answers to `config.sample_prompts` at each evaluation: dicts of step, question and answer.
+
+        Read from the run folder's `samples.jsonl` (empty before the first
+        evaluation, or without sample prompts).
+        """
+        path = self.run_dir / files.SAMPLES
+        if not path.exists():
+            return []
+        with open(path, encoding="utf-8") as file:
+            return [json.loads(line) for line in file if line.strip()]
+
     def save_lora(self):
         """Write `adapter.lora.h5` + `lora.json` into the run folder; returns the `.lora.h5` path."""
         return save_lora(self.causal_lm, self.config, self.run_dir)

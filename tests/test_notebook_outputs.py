@@ -99,11 +99,11 @@ def test_push_to_kaggle_uploads_the_verified_folder(kaggle, tmp_path, capfd):
     folder = fake_export(tmp_path / "hf")
     hub.write_model_card(folder, "google/gemma-2b", run_config={"data": "hub", "subset": "baike"})
     open(os.path.join(folder, EXPORT_MARKER), "w").close()
-    url = push_to_kaggle(folder, "me/gemma-zh/transformers/merged", version_notes="test")
-    assert url.endswith("/models/me/gemma-zh/transformers/merged")
+    url = push_to_kaggle(folder, "me/gemma-zh", kind="adapter", version_notes="test")  # OWNER/MODEL + the kind
+    assert url.endswith("/models/me/gemma-zh/transformers/adapter")
     assert kaggle.models["me/gemma-zh"]["isPrivate"] is True
     [instance] = kaggle.instances
-    assert instance["body"]["instanceSlug"] == "merged" and instance["body"]["licenseName"] == "Gemma"
+    assert instance["body"]["instanceSlug"] == "adapter" and instance["body"]["licenseName"] == "Gemma"
     uploaded = {token.split("-", 2)[2]: data for token, data in
                 ((path.rsplit("/", 1)[-1], data) for path, data in kaggle.blobs.items())}
     assert set(uploaded) == {"config.json", "verification.json", MODEL_CARD}  # not the export marker
@@ -124,6 +124,15 @@ def test_push_to_kaggle_refuses_unverified_and_missing_credentials(kaggle, tmp_p
     with pytest.raises(UserError, match="no Kaggle credentials"):
         push_to_kaggle(fake_export(tmp_path / "good"), "me/good/transformers/merged")
     assert not kaggle.models
+
+
+def test_prepare_notebook_returns_the_runs_folder_and_stops_a_push_without_a_token(tmp_path, monkeypatch, capsys):
+    assert notebook.prepare_notebook(str(tmp_path / "runs")) == str(tmp_path / "runs")
+    assert "no push requested" in capsys.readouterr().out
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no stored login either
+    with pytest.raises(UserError, match="hf_repo_id = 'me/gemma-zh', but no Hugging Face token"):
+        notebook.prepare_notebook(str(tmp_path / "runs"), hf_repo_id="me/gemma-zh")
 
 
 def test_check_outputs_ready_before_training(standin, tmp_path, monkeypatch, capsys):

@@ -19,6 +19,7 @@ cells in a fresh kernel with `resume_dir` set: training continues from that chec
 
 import json
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -29,6 +30,7 @@ import nbformat
 import pytest
 from helpers import REPO_ROOT
 
+import kerasgemma as kg
 from kerasgemma.files import METRICS_JSONL
 from kerasgemma.files import SAMPLES
 from kerasgemma.training import checkpoint
@@ -127,6 +129,16 @@ def test_parameters_and_install_cells(path):
     assert "%pip" not in install and "returncode != 0" in install and "raise RuntimeError" in install
     # The same install cell in every notebook (the extras are a parameter).
     assert install == tagged(code_cells(NOTEBOOKS[0]), "install").source
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
+def test_notebook_code_uses_only_the_front_door(path):
+    """`import kerasgemma as kg` and its public names: no cell reaches into the package's modules."""
+    for index, cell in enumerate(code_cells(path)):
+        for line in cell.source.splitlines():
+            assert not re.match(r"\s*(from|import)\s+kerasgemma\.", line), f"{path.name} cell {index}: {line}"
+            for name in re.findall(r"\bkg\.(\w+)", line):
+                assert name in kg.__all__, f"{path.name} cell {index}: kg.{name} is not a public name"
 
 
 def test_no_placeholder_repository_left():

@@ -80,6 +80,7 @@ def test_run_folder_holds_config_metrics_plot_samples_and_lora(first_run):
     samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
     assert [(s["step"], s["question"]) for s in samples] == [(4, "3加3等于几？"), (8, "3加3等于几？")]
     assert all(isinstance(s["answer"], str) for s in samples)
+    assert run.sample_log() == samples
 
     assert (run_dir / "adapter.lora.h5").stat().st_size > 0
     assert json.loads((run_dir / "lora.json").read_text())["rank"] == config.lora_rank

@@ -54,11 +54,13 @@ def load_examples(
     format=AUTO,
     columns=None,
 ):
-    """Read, validate and deduplicate the examples of a file or folder.
+    """Read, validate and deduplicate the examples of a file or folder (or of rows a user holds).
 
     Args:
         path: str or path. A `.jsonl`, `.json` or `.parquet` file, or a
             folder of them (a folder holding `{subset}.jsonl` reads only that).
+            Or a `datasets.Dataset`, `DatasetDict` or list of row dicts,
+            read by `load_dataset_examples`.
         subset: str. HC3 subset to pick inside a folder: one of `HC3_SUBSETS`.
         answers: str. "first" answer per question, or "all" answers.
         include_chatgpt: bool. Also train on `chatgpt_answers`.
@@ -86,7 +88,13 @@ def load_examples(
     ('一种熊。', 'baike.jsonl:1')
     >>> report.rows_read, report.examples, report.duplicates_removed, report.skipped
     (3, 1, 1, {'wrong_type': 1})
+    >>> examples, report = load_examples([{"instruction": "把它译成英文：你好", "output": "Hello"}])
+    >>> report.formats, examples[0]["source"]
+    ({'rows': 'alpaca'}, 'rows[0]')
     """
+    if not isinstance(path, (str, os.PathLike)):
+        return load_dataset_examples(path, answers=answers, include_chatgpt=include_chatgpt, on_error=on_error,
+                                     progress=progress, format=format, columns=columns)
     _check_on_error(on_error)
     if subset not in HC3_SUBSETS:
         raise UserError(f"subset must be one of {HC3_SUBSETS}, got {subset!r}.")
@@ -179,8 +187,8 @@ def _load(name, tables, report, answers="first", include_chatgpt=False, on_error
     mapping = parse_columns(columns)
 
     def rows():
-        for table, table_rows, table_columns in tables:
-            form, _, marked = with_forms(table_rows, table, format, mapping, table_columns)
+        for table, table_rows, column_names in tables:
+            form, _, marked = with_forms(table_rows, table, format, mapping, column_names)
             if form is not None:
                 report.formats[table] = form
             yield from ((row, form) for row in marked)
