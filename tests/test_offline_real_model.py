@@ -16,7 +16,6 @@ exports in float32).
 import os
 import time
 
-import jax
 import keras_hub
 import numpy as np
 import pytest
@@ -24,15 +23,15 @@ from helpers import optimized_xla, uses_offline_gguf
 
 import kerasgemma as kg
 from kerasgemma.export.gguf_reuse import reusing_gguf_reader
+from kerasgemma.export.verify import keras_forward
 from kerasgemma.offline import OFFLINE_PRESET_NAME, build_offline_preset
 from kerasgemma.offline.gguf_file import import_gguf_package
 
 pytestmark = pytest.mark.slow
 # One worker of `make test` runs the tests that share the Keras model and the
-# transformers reference, so each is built once (`helpers.uses_offline_gguf`);
-# the GGUF round trip and the int8 training need only the preset (built once
-# per session, conftest.py) and may run on another worker.
-shares_references = uses_offline_gguf
+# transformers reference (`@uses_offline_gguf`), so each is built once; the
+# GGUF round trip and the int8 training need only the preset (built once per
+# session, conftest.py) and may run on another worker.
 
 
 @pytest.fixture(autouse=True)
@@ -74,7 +73,7 @@ def hf_reference(offline_preset, offline_gguf_reader):
     return model.eval(), tokenizer
 
 
-@shares_references
+@uses_offline_gguf
 def test_preset_is_cached(offline_preset):
     cache_dir, path = os.path.dirname(offline_preset), offline_preset
     assert path == os.path.join(cache_dir, OFFLINE_PRESET_NAME)
@@ -89,7 +88,7 @@ def test_preset_is_cached(offline_preset):
     print(f"preset size: {size / 2**20:.0f} MiB")
 
 
-@shares_references
+@uses_offline_gguf
 def test_preset_config(keras_lm):
     backbone = keras_lm.backbone
     assert backbone.num_layers == 18
@@ -101,36 +100,20 @@ def test_preset_config(keras_lm):
 
 @pytest.fixture(scope="session")
 def keras_logits(keras_lm, hf_reference):
-    """Keras logits of every prompt (by prompt), from one compiled forward of all of them.
+    """Keras logits of every prompt (by prompt), from one compiled forward (`keras_forward`).
 
-    Rows are right-padded to one length with `padding_mask` zero there: causal
-    attention keeps the padding out of every real position, and one program
-    replaces an eager forward per prompt length (about 10 s each).
+    Every prompt is right-padded to the longest one's length, so the 270M's
+    forward compiles once instead of an eager forward per prompt length
+    (about 10 s each).
     """
     _, tokenizer = hf_reference
-    token_ids = [tokenizer(prompt).input_ids for prompt in PROMPTS]
-    length = max(len(ids) for ids in token_ids)
-    padded = np.zeros((len(PROMPTS), length), np.int32)
-    mask = np.zeros_like(padded)
-    for row, ids in enumerate(token_ids):
-        padded[row, : len(ids)], mask[row, : len(ids)] = ids, 1
+    token_ids = {prompt: tokenizer(prompt).input_ids for prompt in PROMPTS}
     with optimized_xla():
-        logits = np.asarray(jitted_backbone_logits(keras_lm)(padded, mask))
-    return {prompt: logits[row, : len(ids)] for row, (prompt, ids) in enumerate(zip(PROMPTS, token_ids))}
+        forward = keras_forward(keras_lm, max(map(len, token_ids.values())))
+        return {prompt: forward(ids) for prompt, ids in token_ids.items()}
 
 
-def jitted_backbone_logits(causal_lm):
-    """`causal_lm`'s logits as one compiled program taking the weights as arguments (not as constants)."""
-    def logits(trainable, non_trainable, token_ids, padding_mask):
-        inputs = {"token_ids": token_ids, "padding_mask": padding_mask}
-        return causal_lm.stateless_call(trainable, non_trainable, inputs)[0]
-
-    weights = ([v.value for v in causal_lm.trainable_variables], [v.value for v in causal_lm.non_trainable_variables])
-    compiled = jax.jit(logits)
-    return lambda token_ids, padding_mask: compiled(*weights, token_ids, padding_mask)
-
-
-@shares_references
+@uses_offline_gguf
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_logits_match_transformers(keras_lm, hf_reference, keras_logits, prompt):
     import torch
@@ -150,7 +133,7 @@ def test_logits_match_transformers(keras_lm, hf_reference, keras_logits, prompt)
     assert (logits.argmax(-1) == expected.argmax(-1)).all()
 
 
-@shares_references
+@uses_offline_gguf
 def test_greedy_generation_matches_transformers(keras_lm, hf_reference):
     import torch
 
