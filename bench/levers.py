@@ -46,6 +46,11 @@ VARIANTS = {
                        "the segment mask alone, without is_causal=True: cuDNN computes every block"),
     "dense_attention": ("", {"dense_attention": True},
                         "on a TPU: XLA's dense masked attention instead of the Splash kernel (elsewhere: the default)"),
+    "remat_dots": ("", {"remat": "dots"}, "remat 'dots': each block keeps its projections' outputs, recomputes the rest"),
+    "remat_dots_all": ("", {"remat": "dots", "dots_policy": "dots_saveable"},
+                       "measurement only: remat 'dots' also keeping the outputs of matmuls with batch dimensions "
+                       "(XLA's dense attention scores; jax's dots_saveable, the policy before 2026-11-30)"),
+    "remat_block": ("", {"remat": "block"}, "remat 'block': each block keeps only its input"),
     "batch16": ("", {"batch_size": 16}, "16 packed rows per step instead of 8"),
     "no_triton_gemm": ("--xla_gpu_enable_triton_gemm=false", {}, "XLA: cuBLAS for every matmul, no Triton GEMM fusions"),
     "reference_loss": ("", {"fused_loss": False}, "full float32 logits instead of the fused sliced loss"),
@@ -97,7 +102,7 @@ def summarize_trace(trace_dir, steps, top=30):
 
 
 def apply_attention_options(options):
-    """Install the attention levers of `options` (popped) in this process: one variant per process."""
+    """Install the attention and remat-policy levers of `options` (popped) in this process: one variant per process."""
     import kerasgemma.attention
     import kerasgemma.forward
 
@@ -105,6 +110,12 @@ def apply_attention_options(options):
         kerasgemma.forward.packed_attention = lambda backbone, segment_ids: contextlib.nullcontext()
     if options.pop("no_causal_hint", False):
         kerasgemma.attention.causal_attention_op = contextlib.nullcontext
+    if "dots_policy" in options:
+        import jax
+
+        import kerasgemma.remat
+
+        kerasgemma.remat.REMAT_POLICIES["dots"] = getattr(jax.checkpoint_policies, options.pop("dots_policy"))
     if options.pop("dense_attention", False):
         kerasgemma.attention.splash_wanted = lambda: False
     return options
@@ -220,10 +231,10 @@ def main(argv=None):
         if "error" in row:
             print(f"| {row['variant']} | failed: {row['error'][:80]} | | | | | |")
             continue
-        ratio = row["useful_tokens_per_second"] / base["useful_tokens_per_second"] if base else float("nan")
+        ratio = f"{row['useful_tokens_per_second'] / base['useful_tokens_per_second']:.2f}x" if base else "n/a"
         peak = f"{row['peak_bytes'] / 2**30:.1f}" if row.get("peak_bytes") else "n/a"
         print(f"| {row['variant']} | {row['useful_tokens_per_second']:,.0f} | {1000 * row['seconds'] / row['steps']:.0f} | "
-              f"{peak} | {row['compile_seconds']:.1f} | {row['loss']:.4f} | {ratio:.2f}x |")
+              f"{peak} | {row['compile_seconds']:.1f} | {row['loss']:.4f} | {ratio} |")
     return 0 if all("error" not in row for row in rows) else 1
 
 

@@ -228,3 +228,24 @@ def test_memory_bench_feeds_transformers_the_same_packed_rows():
     assert (inputs["labels"] != -100).sum() == weighted.sum()
     assert (inputs["position_ids"][batch["segment_ids"] > 0] < 64).all()
     assert set(inputs["position_ids"][:, 0]) == {0}
+
+
+def test_attention_kernels_smoke_compares_each_arm_with_the_dense_reference(bench, tmp_path, capsys):
+    import attention_kernels
+
+    out = tmp_path / "attention.json"
+    arms = ["cudnn_hint", "xla_softcap", "tokamax_xla"]
+    assert attention_kernels.main(["--smoke", "--arms", *arms, "--out", str(out)]) == 0
+    rows = {(row["shape"], row["arm"]): row for row in json.loads(out.read_text())["rows"]}
+    assert "| tiny_softcap | xla_softcap |" in capsys.readouterr().out
+    # Without a soft-cap every path computes the reference; with one, only the paths that apply it do.
+    assert rows["tiny", "cudnn_hint"]["max_abs_diff"] < 0.05 and rows["tiny", "xla_softcap"]["max_abs_diff"] < 0.05
+    assert rows["tiny_softcap", "xla_softcap"]["max_abs_diff"] < 0.05
+    assert rows["tiny_softcap", "cudnn_hint"]["max_abs_diff"] > 0.5
+    tokamax_row = rows["tiny_softcap", "tokamax_xla"]
+    try:
+        import tokamax  # noqa: F401 - optional: the bench's arm, not a kerasgemma dependency
+    except ImportError:
+        assert "tokamax" in tokamax_row["error"]
+    else:
+        assert tokamax_row["max_abs_diff"] < 0.05 and rows["tiny", "tokamax_xla"]["max_abs_diff"] < 0.05
