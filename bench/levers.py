@@ -50,6 +50,9 @@ VARIANTS = {
     "remat_dots_all": ("", {"remat": "dots", "dots_policy": "dots_saveable"},
                        "measurement only: remat 'dots' also keeping the outputs of matmuls with batch dimensions "
                        "(XLA's dense attention scores; jax's dots_saveable, the policy before 2026-11-30)"),
+    "loss_chunk_1024": ("", {"loss_chunk_tokens": 1024}, "the fused loss's vocabulary projection in slices of 1024 tokens"),
+    "loss_chunk_512": ("", {"loss_chunk_tokens": 512}, "the fused loss's vocabulary projection in slices of 512 tokens"),
+    "remat_dots_loss_chunk_512": ("", {"remat": "dots", "loss_chunk_tokens": 512}, "remat_dots and loss_chunk_512"),
     "remat_block": ("", {"remat": "block"}, "remat 'block': each block keeps only its input"),
     "batch16": ("", {"batch_size": 16}, "16 packed rows per step instead of 8"),
     "no_triton_gemm": ("--xla_gpu_enable_triton_gemm=false", {}, "XLA: cuBLAS for every matmul, no Triton GEMM fusions"),
@@ -110,6 +113,8 @@ def apply_attention_options(options):
         kerasgemma.forward.packed_attention = lambda backbone, segment_ids: contextlib.nullcontext()
     if options.pop("no_causal_hint", False):
         kerasgemma.attention.causal_attention_op = contextlib.nullcontext
+    if "loss_chunk_tokens" in options:
+        kerasgemma.forward.LOSS_CHUNK_TOKENS = options.pop("loss_chunk_tokens")
     if "dots_policy" in options:
         import jax
 

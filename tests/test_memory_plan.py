@@ -86,7 +86,8 @@ def test_plan_recommends_remat_and_refuses_with_the_numbers(capsys):
                  "--batch-size", "4"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("Plan: 2.51 B parameters") and "does NOT fit" in out[0]
-    assert out[1].startswith("Recommended: ") and "remat block" in out[1]
+    # The least change that fits: no quantization, a rematerialised step, the batch as asked.
+    assert out[1].startswith("Recommended: ") and "quantize none, remat dots, batch 1 x 4096" in out[1]
 
     assert main(["plan", "--preset", "gemma4_instruct_4b", "--device", "t4", "--json"]) == EXIT_USER_ERROR
     captured = capsys.readouterr()
