@@ -82,7 +82,7 @@ class TrainConfig:
         remat: "none", "block" (recompute each decoder block in the
             backward pass) or "dots" (keep the projections' outputs,
             recompute the rest): less activation memory for more compute
-            (on an H200 "dots" saved 20-33% of the peak for 3-7% of the
+            (on an H200 "dots" saved 21-35% of the peak for 3-7% of the
             speed). See `kerasgemma.remat`.
         data: a local file/folder, "hub" for Hello-SimpleAI/HC3-Chinese, or
             "hub:OWNER/NAME[:CONFIG][@SPLIT]" for any parquet/json Hub

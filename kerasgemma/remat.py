@@ -18,8 +18,8 @@ bench/NOTES.md: Gemma 2 2B 21.9 vs 25.1 GiB and 39.1k vs 38.2k tokens/s (the
 scores are cheaper to recompute than to keep); Gemma 4 E2B 29.5 vs 31.3 GiB
 at equal speed; Gemma 2B and Gemma 3 1B the same memory (cuDNN's fused
 attention writes no scores there). Against no remat, "dots" costs 3-7% of
-the tokens/s and saves 20-33% of the peak memory (Gemma 2B 24.3 -> 19.3 GiB,
-Gemma 3 1B 17.5 -> 13.0, Gemma 4 E2B 41.3 -> 29.5).
+the tokens/s and saves 21-35% of the peak memory (Gemma 2B 22.8 -> 17.9 GiB,
+Gemma 2 2B 30.6 -> 19.9, Gemma 3 1B 16.0 -> 11.5, Gemma 4 E2B 39.3 -> 27.5).
 
 `jax.checkpoint` is used directly: Keras 3.15's own mechanism
 (`keras.RematScope` / `keras.remat`) takes no policy, and it is fixed when a
