@@ -46,13 +46,14 @@ VARIANTS = {
                        "the segment mask alone, without is_causal=True: cuDNN computes every block"),
     "dense_attention": ("", {"dense_attention": True},
                         "on a TPU: XLA's dense masked attention instead of the Splash kernel (elsewhere: the default)"),
-    "remat_dots": ("", {"remat": "dots"}, "remat 'dots': each block keeps its projections' outputs, recomputes the rest"),
+    "remat_dots": ("", {"remat": "dots"},
+                   "remat 'dots': each block keeps its projections' and cuDNN attention's outputs, recomputes the rest"),
+    "remat_dots_projections": ("", {"remat": "dots", "dots_policy": "dots_with_no_batch_dims_saveable"},
+                               "measurement only: remat 'dots' keeping the projections' outputs alone (the cuDNN "
+                               "attention forward runs again in the backward pass; 'dots' until 2026-11-30)"),
     "remat_dots_all": ("", {"remat": "dots", "dots_policy": "dots_saveable"},
-                       "measurement only: remat 'dots' also keeping the outputs of matmuls with batch dimensions "
-                       "(XLA's dense attention scores; jax's dots_saveable, the policy before 2026-11-30)"),
-    "loss_chunk_1024": ("", {"loss_chunk_tokens": 1024}, "the fused loss's vocabulary projection in slices of 1024 tokens"),
-    "loss_chunk_512": ("", {"loss_chunk_tokens": 512}, "the fused loss's vocabulary projection in slices of 512 tokens"),
-    "remat_dots_loss_chunk_512": ("", {"remat": "dots", "loss_chunk_tokens": 512}, "remat_dots and loss_chunk_512"),
+                       "measurement only: remat 'dots' keeping every matmul's output, XLA's dense attention scores "
+                       "included (jax's dots_saveable, the first 'dots')"),
     "remat_block": ("", {"remat": "block"}, "remat 'block': each block keeps only its input"),
     "batch16": ("", {"batch_size": 16}, "16 packed rows per step instead of 8"),
     "no_triton_gemm": ("--xla_gpu_enable_triton_gemm=false", {}, "XLA: cuBLAS for every matmul, no Triton GEMM fusions"),
@@ -120,7 +121,9 @@ def apply_attention_options(options):
 
         import kerasgemma.remat
 
-        kerasgemma.remat.REMAT_POLICIES["dots"] = getattr(jax.checkpoint_policies, options.pop("dots_policy"))
+        name = options.pop("dots_policy")
+        policy = getattr(jax.checkpoint_policies, name, None) or getattr(kerasgemma.remat, name)
+        kerasgemma.remat.REMAT_POLICIES["dots"] = policy
     if options.pop("dense_attention", False):
         kerasgemma.attention.splash_wanted = lambda: False
     return options

@@ -80,10 +80,10 @@ class TrainConfig:
             quantized (weight-only, Keras' `quantize`), QLoRA-style; compute
             and LoRA stay in `dtype`/float32. See `kerasgemma.quantization`.
         remat: "none", "block" (recompute each decoder block in the
-            backward pass) or "dots" (keep the projections' outputs,
-            recompute the rest): less activation memory for more compute
-            (on an H200 "dots" saved 21-35% of the peak for 3-7% of the
-            speed). See `kerasgemma.remat`.
+            backward pass) or "dots" (keep the projections' and the fused
+            attention's outputs, recompute the rest): less activation memory
+            for more compute (on an H200 "dots" took 19-35% off the peak for
+            0-7% of the speed). See `kerasgemma.remat`.
         data: a local file/folder, "hub" for Hello-SimpleAI/HC3-Chinese, or
             "hub:OWNER/NAME[:CONFIG][@SPLIT]" for any parquet/json Hub
             dataset (read through `datasets`). A `datasets.Dataset` goes to

@@ -5,21 +5,27 @@ Without it, the backward pass keeps every intermediate of every block
 `remat="block"` each decoder block keeps only its input and recomputes the
 rest during the backward pass (about one more forward: ~1.3x the step time
 for ~1/num_layers of the activation memory); `remat="dots"` also keeps the
-outputs of the block's projections, so only the element-wise work and the
-attention are recomputed.
+outputs of the block's projections and of its fused attention, so only the
+element-wise work (and attention computed without the fused kernel) is
+recomputed.
 
-"dots" is `jax.checkpoint_policies.dots_with_no_batch_dims_saveable`: it
-keeps the outputs of matmuls without batch dimensions (the projections:
-`btd,df->btf` has none), not those with (attention's `(batch, heads, seq,
+"dots" is `projections_and_fused_attention`: it keeps the outputs of matmuls
+without batch dimensions (the projections: `btd,df->btf` has none; JAX's
+`dots_with_no_batch_dims_saveable`) and of cuDNN attention's forward pass
+(its output and softmax statistics, which its backward pass reads), not the
+outputs of matmuls with batch dimensions (attention's `(batch, heads, seq,
 seq)` score einsums, which keras-hub computes for Gemma 2's soft-capped
-attention and everywhere off a GPU). Measured on an H200 against
-`dots_saveable` (which keeps those scores too), 8 rows x 1024 tokens,
-bench/NOTES.md: Gemma 2 2B 21.9 vs 25.1 GiB and 39.1k vs 38.2k tokens/s (the
-scores are cheaper to recompute than to keep); Gemma 4 E2B 29.5 vs 31.3 GiB
-at equal speed; Gemma 2B and Gemma 3 1B the same memory (cuDNN's fused
-attention writes no scores there). Against no remat, "dots" costs 3-7% of
-the tokens/s and saves 21-35% of the peak memory (Gemma 2B 22.8 -> 17.9 GiB,
-Gemma 2 2B 30.6 -> 19.9, Gemma 3 1B 16.0 -> 11.5, Gemma 4 E2B 39.3 -> 27.5).
+attention and wherever the fused kernel is not used). Measured on an H200,
+8 rows x 1024 tokens (bench/NOTES.md):
+- keeping the scores too (`dots_saveable`) cost Gemma 2 2B 3.2 GiB more and
+  2% of its speed (recomputing them is cheaper than writing and reading
+  them), Gemma 4 E2B 1.8 GiB more;
+- keeping cuDNN attention's outputs won back the attention forward the
+  backward pass otherwise runs again: Gemma 2B 1.00x the speed without remat
+  (0.98x without them) for 0.5 GiB, Gemma 3 1B 0.97x (0.94x) for 0.4 GiB.
+Against no remat, "dots" keeps 93-100% of the tokens/s and takes 19-35% off
+the peak (Gemma 2B 22.8 -> 18.4 GiB, Gemma 2 2B 30.6 -> 19.9, Gemma 3 1B
+16.0 -> 11.9, Gemma 4 E2B 39.3 -> 28.4).
 
 `jax.checkpoint` is used directly: Keras 3.15's own mechanism
 (`keras.RematScope` / `keras.remat`) takes no policy, and it is fixed when a
@@ -40,9 +46,30 @@ import jax
 
 from kerasgemma.config import REMAT_CHOICES
 
+# The primitive JAX's cuDNN attention binds for its forward pass (jax 0.10-0.11,
+# jax/_src/cudnn/fused_attention_stablehlo.py): its outputs are the attention
+# output and the softmax statistics its backward pass reads.
+FUSED_ATTENTION_FORWARD = ("dot_product_attention_fwd_wrapper", "dot_product_attention_fwd")
+
+
+def projections_and_fused_attention(prim, *avals, **params):
+    """A `jax.checkpoint` policy: keep the projections' outputs and cuDNN attention's forward outputs.
+
+    Example:
+    >>> import jax, jax.numpy as jnp
+    >>> x = jnp.ones((2, 4, 8))
+    >>> jaxpr = jax.make_jaxpr(lambda x: jnp.einsum("btd,df->btf", x, jnp.ones((8, 3))))(x)
+    >>> equation = jaxpr.eqns[-1]
+    >>> projections_and_fused_attention(equation.primitive, **equation.params)
+    True
+    """
+    return str(prim) in FUSED_ATTENTION_FORWARD or jax.checkpoint_policies.dots_with_no_batch_dims_saveable(
+        prim, *avals, **params)
+
+
 # "none", "block", "dots" (`kerasgemma.config.REMAT_CHOICES`) -> jax.checkpoint policy.
 REMAT_POLICIES = dict(zip(REMAT_CHOICES, (None, jax.checkpoint_policies.nothing_saveable,
-                                          jax.checkpoint_policies.dots_with_no_batch_dims_saveable)))
+                                          projections_and_fused_attention)))
 
 
 def _is_array(value):

@@ -36,3 +36,24 @@ def test_remat_gives_equal_losses_and_gradients():
         np.testing.assert_allclose(results[remat][0], results["none"][0], rtol=1e-6)
         for grad, reference in zip(results[remat][1], results["none"][1]):
             np.testing.assert_allclose(grad, reference, rtol=1e-5, atol=1e-7)
+
+
+def test_dots_keeps_projections_and_cudnn_attention_not_score_einsums():
+    from jax._src.cudnn import fused_attention_stablehlo
+
+    from kerasgemma.remat import FUSED_ATTENTION_FORWARD, REMAT_POLICIES
+
+    policy = REMAT_POLICIES["dots"]
+    x, kernel = jax.numpy.ones((2, 4, 8)), jax.numpy.ones((8, 3))
+
+    def last_equation(fn, *args):
+        return jax.make_jaxpr(fn)(*args).eqns[-1]
+
+    projection = last_equation(lambda x: jax.numpy.einsum("btd,df->btf", x, kernel), x)
+    scores = last_equation(lambda x: jax.numpy.einsum("bqd,bkd->bqk", x, x), x)
+    assert policy(projection.primitive, **projection.params)
+    assert not policy(scores.primitive, **scores.params)
+    # The name the policy matches is the primitive JAX's cuDNN attention binds in its forward pass
+    # (a rename would silently make "dots" run the attention forward again in the backward pass).
+    assert fused_attention_stablehlo._dot_product_attention_fwd_p_wrapper.name in FUSED_ATTENTION_FORWARD
+    assert policy(fused_attention_stablehlo._dot_product_attention_fwd_p_wrapper)

@@ -10,7 +10,8 @@ batch_size / batch` rows of `T = sequence_length` tokens:
     lora        = 16 x LoRA parameters (float32 weight, gradient, two AdamW moments)
     activations = rows x T x c x (kept + one_block) + loss + dequantized
       kept      = L x (6H + 2A + 2K + 4F + 2S)     remat "none": every block's intermediates
-                = L x (2H + 2A + 2K + 2F)          remat "dots": the projections' outputs
+                = L x (2H + 2A + 2K + 2F + a)      remat "dots": the projections' outputs, and
+                                                   a = A, the fused attention's output (0 with S)
                 = L x H                            remat "block": each block's input
       one_block = 6H + 2A + 2K + 4F + 2S           (recomputed in the backward; 0 for "none")
       S         = n x T                            the attention scores, or 0 where a fused
@@ -208,7 +209,7 @@ def activation_bytes(config, architecture, rows, sequence_length, compute_dtype,
     full_block = 6 * hidden + 2 * query + 2 * kv + 4 * width + 2 * score
     kept = {
         "none": layers * full_block,
-        "dots": layers * (2 * hidden + 2 * query + 2 * kv + 2 * width) + full_block,
+        "dots": layers * (2 * hidden + 2 * query + 2 * kv + 2 * width + (0 if scores else query)) + full_block,
         "block": layers * hidden + full_block,
     }[remat]
     loss = 8 * min(tokens, LOSS_CHUNK_TOKENS) * vocabulary + 4 * tokens * hidden
