@@ -47,9 +47,10 @@ import jax
 from kerasgemma.config import REMAT_CHOICES
 
 # The primitive JAX's cuDNN attention binds for its forward pass (jax 0.10-0.11,
-# jax/_src/cudnn/fused_attention_stablehlo.py): its outputs are the attention
-# output and the softmax statistics its backward pass reads.
-FUSED_ATTENTION_FORWARD = ("dot_product_attention_fwd_wrapper", "dot_product_attention_fwd")
+# jax/_src/cudnn/fused_attention_stablehlo.py; the kernel's own primitive is
+# bound only inside its lowering): its outputs are the attention output and the
+# softmax statistics its backward pass reads.
+FUSED_ATTENTION_FORWARD = "dot_product_attention_fwd_wrapper"
 
 
 def projections_and_fused_attention(prim, *avals, **params):
@@ -63,7 +64,7 @@ def projections_and_fused_attention(prim, *avals, **params):
     >>> projections_and_fused_attention(equation.primitive, **equation.params)
     True
     """
-    return str(prim) in FUSED_ATTENTION_FORWARD or jax.checkpoint_policies.dots_with_no_batch_dims_saveable(
+    return str(prim) == FUSED_ATTENTION_FORWARD or jax.checkpoint_policies.dots_with_no_batch_dims_saveable(
         prim, *avals, **params)
 
 

@@ -55,5 +55,5 @@ def test_dots_keeps_projections_and_cudnn_attention_not_score_einsums():
     assert not policy(scores.primitive, **scores.params)
     # The name the policy matches is the primitive JAX's cuDNN attention binds in its forward pass
     # (a rename would silently make "dots" run the attention forward again in the backward pass).
-    assert fused_attention_stablehlo._dot_product_attention_fwd_p_wrapper.name in FUSED_ATTENTION_FORWARD
+    assert fused_attention_stablehlo._dot_product_attention_fwd_p_wrapper.name == FUSED_ATTENTION_FORWARD
     assert policy(fused_attention_stablehlo._dot_product_attention_fwd_p_wrapper)
