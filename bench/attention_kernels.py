@@ -52,11 +52,23 @@ SHAPES = {
 ARMS = ("cudnn_hint", "xla_softcap", "tokamax_mosaic", "tokamax_triton", "tokamax_xla")
 
 
-def dense_reference(query, key, value, segment_ids, scale, soft_cap, window):
-    """Float32 dense attention within examples (the function every arm must compute)."""
+def attention_mask(segment_ids, window):
+    """`(batch, seq, seq)`: kerasgemma's segment-causal mask, narrowed to a sliding `window` (None: no window)."""
     import jax.numpy as jnp
 
     from kerasgemma.attention import segment_causal_mask
+
+    mask = segment_causal_mask(segment_ids)
+    if window:
+        index = jnp.arange(mask.shape[-1])
+        mask = mask & (index[:, None] - index[None, :] < window)[None]
+    return mask
+
+
+def dense_reference(query, key, value, segment_ids, scale, soft_cap, window):
+    """Float32 dense attention within examples (the function every arm must compute)."""
+    import jax
+    import jax.numpy as jnp
 
     q, k, v = (jnp.asarray(x, jnp.float32) for x in (query, key, value))
     groups = q.shape[2] // k.shape[2]
@@ -64,18 +76,8 @@ def dense_reference(query, key, value, segment_ids, scale, soft_cap, window):
     logits = jnp.einsum("bqhd,bkhd->bhqk", q * scale, k)
     if soft_cap:
         logits = jnp.tanh(logits / soft_cap) * soft_cap
-    mask = segment_causal_mask(segment_ids)
-    if window:
-        index = jnp.arange(q.shape[1])
-        mask = mask & (index[:, None] - index[None, :] < window)[None]
-    logits = jnp.where(mask[:, None], logits, -1e30)
-    return jnp.einsum("bhqk,bkhd->bqhd", jax_softmax(logits), v)
-
-
-def jax_softmax(x):
-    import jax
-
-    return jax.nn.softmax(x, axis=-1)
+    logits = jnp.where(attention_mask(segment_ids, window)[:, None], logits, -1e30)
+    return jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, axis=-1), v)
 
 
 def key_start(segment_ids, window=None):
@@ -120,18 +122,16 @@ def tokamax_attention(implementation, segment_ids, scale, soft_cap, window):
 
 def arm_function(arm, segment_ids, scale, soft_cap, window):
     """`(q, k, v) -> out` for `arm`, with the row's segment ids bound."""
+    import jax
     import jax.numpy as jnp
     import keras
 
-    from kerasgemma.attention import causal_attention_op, segment_causal_mask
+    from kerasgemma.attention import causal_attention_op
 
     if arm.startswith("tokamax_"):
         return tokamax_attention(arm.split("_", 1)[1].replace("mosaic", "mosaic_gpu"), segment_ids, scale, soft_cap,
                                  window)
-    mask = segment_causal_mask(segment_ids)
-    if window:
-        index = jnp.arange(mask.shape[-1])
-        mask = mask & (index[:, None] - index[None, :] < window)[None]
+    mask = attention_mask(segment_ids, window)
     if arm == "cudnn_hint":
         def attend(q, k, v):
             with causal_attention_op():
@@ -147,7 +147,7 @@ def arm_function(arm, segment_ids, scale, soft_cap, window):
         if soft_cap:
             logits = jnp.tanh(logits / soft_cap) * soft_cap
         logits = jnp.where(mask[:, None, None], logits.astype(jnp.float32), -1e9)
-        probs = jax_softmax(logits).astype(q.dtype)
+        probs = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
         out = jnp.einsum("bkgts,bskh->btkgh", probs, v)
         return out.reshape(b, t, -1, d)
     return xla_softcap

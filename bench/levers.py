@@ -105,7 +105,7 @@ def summarize_trace(trace_dir, steps, top=30):
     return "\n".join(lines)
 
 
-def apply_attention_options(options):
+def apply_lever_options(options):
     """Install the attention and remat-policy levers of `options` (popped) in this process: one variant per process."""
     import kerasgemma.attention
     import kerasgemma.forward
@@ -131,7 +131,7 @@ def apply_attention_options(options):
 
 def compile_variant(name, shape, dtype="bfloat16"):
     """XLA's figures for one variant's compiled step, without running it: FLOPs and bytes."""
-    options = apply_attention_options(dict(VARIANTS[name][1]))
+    options = apply_lever_options(dict(VARIANTS[name][1]))
     import jax
 
     sequences = tt.make_sequences(400, tt.SHAPES[shape]["keras"]["vocabulary_size"], 0)
@@ -146,7 +146,7 @@ def compile_variant(name, shape, dtype="bfloat16"):
 
 
 def run_variant(name, shape, steps, warmup, profile_dir=None, batch_size=tt.BATCH_SIZE, profile_steps=3):
-    options = apply_attention_options(dict({"batch_size": batch_size}, **VARIANTS[name][1]))
+    options = apply_lever_options(dict({"batch_size": batch_size}, **VARIANTS[name][1]))
     import jax
 
     sequences = tt.make_sequences(4000, tt.SHAPES[shape]["keras"]["vocabulary_size"], 0)
