@@ -11,7 +11,13 @@ Per shape (the attention of one decoder layer of a model in the table of
   `pip install tokamax`) flash attention, Mosaic GPU (Hopper) / Triton, told the
   first key each query may see (`key_start`) and `is_causal`, so it can skip
   the blocks across examples too, with the soft-cap in the kernel;
-  `tokamax_xla`: the same call on tokamax's dense XLA version (any device).
+  `tokamax_xla`: the same call on tokamax's dense XLA version (any device);
+- `flash_segments`: kerasgemma's own Pallas Triton kernel
+  (`kerasgemma.flash_attention.segment_flash_attention`, its default
+  `BlockSizes`): skips the key blocks outside each query block's example
+  and window, soft-cap in the kernel; `flash_segments_128`: the same with
+  forward blocks of 128 (8 warps, 1 stage: two ask more shared memory than
+  an H200 has at head dim 256). Off a GPU they run in Pallas' interpret mode.
 Each arm's output is compared with a float32 dense reference (max |diff|).
 
 tokamax 0.0.12 (the newest on PyPI on 2026-11-30) does not run on the GPU
@@ -49,7 +55,8 @@ SHAPES = {
     "tiny": (2, 128, 2, 1, 16, None, None),
     "tiny_softcap": (2, 128, 2, 2, 16, 5.0, 32),
 }
-ARMS = ("cudnn_hint", "xla_softcap", "tokamax_mosaic", "tokamax_triton", "tokamax_xla")
+ARMS = ("cudnn_hint", "xla_softcap", "tokamax_mosaic", "tokamax_triton", "tokamax_xla", "flash_segments",
+        "flash_segments_128")
 
 
 def attention_mask(segment_ids, window):
@@ -127,7 +134,13 @@ def arm_function(arm, segment_ids, scale, soft_cap, window):
     import keras
 
     from kerasgemma.attention import causal_attention_op
+    from kerasgemma.flash_attention import BlockSizes
+    from kerasgemma.flash_attention import segment_flash_attention
 
+    if arm.startswith("flash_segments"):
+        wide = BlockSizes(block_q=128, block_k=128, num_warps=8, num_stages=1)
+        blocks = wide if arm == "flash_segments_128" else None
+        return lambda q, k, v: segment_flash_attention(q, k, v, segment_ids, scale, soft_cap, window, blocks)
     if arm.startswith("tokamax_"):
         return tokamax_attention(arm.split("_", 1)[1].replace("mosaic", "mosaic_gpu"), segment_ids, scale, soft_cap,
                                  window)

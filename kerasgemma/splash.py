@@ -34,23 +34,18 @@ What the kernel gets, per row of the batch:
 Tiles are 512 tokens where 512 divides the padded length, else 256, else 128
 (512 is MaxText's Splash default; not tuned on a TPU here). Under a
 `keras.distribution` that spans several devices the kernel runs inside
-`jax.shard_map`: a Pallas TPU kernel cannot be partitioned by XLA (jax
-raises "Mosaic kernels cannot be automatically partitioned. Please wrap the
-call in a shard_map"). Rows are split over the batch axis; heads over the
-other axes where both head counts divide (or the single key/value head is
-copied), else every device of those axes computes all heads of its rows.
+`jax.shard_map` (`kerasgemma.kernel_sharding.over_devices`): a Pallas TPU
+kernel cannot be partitioned by XLA.
 
 On a backend other than a TPU the kernel runs in Pallas' interpret mode
 (plain JAX ops, slow): that is how the tests check it on a CPU.
 """
 
-import math
-
 import jax
 import jax.numpy as jnp
-import keras
 from jax.experimental.pallas.ops.tpu import splash_attention as splash
-from jax.sharding import PartitionSpec
+
+from kerasgemma.kernel_sharding import over_devices
 
 # Splash's tile sizes must be multiples of 128 (TPU vector lanes); the
 # sequence is padded to a multiple of the smallest.
@@ -125,7 +120,7 @@ def splash_attention(query, key, value, segment_ids, scale, soft_cap=None, windo
         `(batch, seq, query_heads, head_dim)` in the query's dtype.
 
     Example (interpret mode on a CPU; equals the dense computation):
-    >>> import numpy as np
+    >>> import keras, numpy as np
     >>> from kerasgemma.attention import segment_causal_mask
     >>> q = np.random.default_rng(0).normal(size=(1, 6, 2, 4)).astype("float32")
     >>> segment_ids = np.array([[1, 1, 1, 2, 2, 0]])
@@ -149,24 +144,5 @@ def splash_attention(query, key, value, segment_ids, scale, soft_cap=None, windo
         kernel = splash_kernel(padded, query.shape[1], soft_cap, window, interpret=not splash_wanted())
         return jax.vmap(kernel)(query, key, value, segment_ids=splash.SegmentIds(ids, ids))
 
-    out = _over_devices(rows, query_heads, kv_heads)(heads_first(query), heads_first(key), heads_first(value), ids)
+    out = over_devices(rows, query_heads, kv_heads, head_axis=1)(heads_first(query), heads_first(key), heads_first(value), ids)
     return jnp.transpose(out, (0, 2, 1, 3))[:, :length]
-
-
-def _over_devices(rows, query_heads, kv_heads):
-    """`rows` under `jax.shard_map` when a keras distribution spans several devices."""
-    distribution = keras.distribution.distribution()
-    if distribution is None or distribution.device_mesh.devices.size == 1:
-        return rows
-    mesh = distribution.device_mesh
-    batch_axis = distribution.batch_dim_name
-    head_axes = tuple(axis for axis in mesh.axis_names if axis != batch_axis)
-    head_devices = math.prod(mesh.shape[mesh.axis_names.index(axis)] for axis in head_axes)
-    query_split = head_axes if query_heads % head_devices == 0 and (kv_heads == 1 or kv_heads % head_devices == 0) else None
-    kv_split = query_split if kv_heads % head_devices == 0 else None
-    q_spec = PartitionSpec(batch_axis, query_split or None)
-    kv_spec = PartitionSpec(batch_axis, kv_split or None)
-    return jax.shard_map(
-        rows, mesh=mesh.backend_mesh, in_specs=(q_spec, kv_spec, kv_spec, PartitionSpec(batch_axis)),
-        out_specs=q_spec, check_vma=False,
-    )
