@@ -44,8 +44,13 @@ VARIANTS = {
     "causal_only": ("", {"causal_only": True}, "measurement only: keras-hub's causal mask, no segment mask"),
     "no_causal_hint": ("", {"no_causal_hint": True},
                        "the segment mask alone, without is_causal=True: cuDNN computes every block"),
-    "dense_attention": ("", {"dense_attention": True},
+    "dense_attention": ("", {"attention_kernel": "dense"},
                         "on a TPU: XLA's dense masked attention instead of the Splash kernel (elsewhere: the default)"),
+    "flash_attention": ("", {"attention_kernel": "flash"},
+                        "the Pallas Triton flash kernel: skips key blocks outside each query's example, soft-cap "
+                        "and windows in the kernel"),
+    "flash_attention_remat_dots": ("", {"attention_kernel": "flash", "remat": "dots"},
+                                   "flash_attention with remat 'dots' (projections' and the flash kernel's outputs kept)"),
     "remat_dots": ("", {"remat": "dots"},
                    "remat 'dots': each block keeps its projections' and cuDNN attention's outputs, recomputes the rest"),
     "remat_dots_projections": ("", {"remat": "dots", "dots_policy": "dots_with_no_batch_dims_saveable"},
@@ -124,8 +129,9 @@ def apply_lever_options(options):
         name = options.pop("dots_policy")
         policy = getattr(jax.checkpoint_policies, name, None) or getattr(kerasgemma.remat, name)
         kerasgemma.remat.REMAT_POLICIES["dots"] = policy
-    if options.pop("dense_attention", False):
-        kerasgemma.attention.splash_wanted = lambda: False
+    if "attention_kernel" in options:
+        kernel = options.pop("attention_kernel")
+        kerasgemma.attention.auto_kernel = lambda backbone: kernel
     return options
 
 
@@ -145,11 +151,14 @@ def compile_variant(name, shape, dtype="bfloat16"):
                 output_bytes=int(memory.output_size_in_bytes))
 
 
-def run_variant(name, shape, steps, warmup, profile_dir=None, batch_size=tt.BATCH_SIZE, profile_steps=3):
-    options = apply_lever_options(dict({"batch_size": batch_size}, **VARIANTS[name][1]))
+def run_variant(name, shape, steps, warmup, profile_dir=None, batch_size=tt.BATCH_SIZE, profile_steps=3,
+                sequence_length=tt.SEQUENCE_LENGTH):
+    options = apply_lever_options(dict({"batch_size": batch_size, "sequence_length": sequence_length},
+                                       **VARIANTS[name][1]))
     import jax
 
-    sequences = tt.make_sequences(4000, tt.SHAPES[shape]["keras"]["vocabulary_size"], 0)
+    sequences = tt.make_sequences(4000, tt.SHAPES[shape]["keras"]["vocabulary_size"], 0,
+                                  min(tt.SEQUENCE_LENGTH, sequence_length))
     row = tt.arm_kerasgemma(shape, sequences, steps, warmup, **options)
     row["useful_tokens_per_second"] = row["useful_tokens"] / row["seconds"]
     row["device"] = jax.devices()[0].device_kind
@@ -186,6 +195,8 @@ def main(argv=None):
     parser.add_argument("--profile", action="store_true", help="Trace the default variant and print a kernel summary.")
     parser.add_argument("--out", help="Write the rows as JSON here.")
     parser.add_argument("--batch-size", type=int, default=tt.BATCH_SIZE, help="Packed rows per step (default 8).")
+    parser.add_argument("--sequence-length", type=int, default=tt.SEQUENCE_LENGTH,
+                        help="Tokens per packed row (default 1024; the same examples at any length).")
     parser.add_argument("--profile-steps", type=int, default=3, help="Steps traced by --profile (default 3).")
     parser.add_argument("--smoke", action="store_true",
                         help="Tiny shapes on CPU, 2 rows, 1 warm-up + 1 step (1 traced), in seconds.")
@@ -202,7 +213,7 @@ def main(argv=None):
         return 0
     if args.one:
         print(json.dumps(run_variant(args.one, args.model, args.steps, args.warmup, args.profile_dir, args.batch_size,
-                                     args.profile_steps)))
+                                     args.profile_steps, args.sequence_length)))
         return 0
     rows = []
     for name in args.variants:
@@ -211,7 +222,8 @@ def main(argv=None):
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + flags).strip()
         command = [sys.executable, __file__, "--one", name, "--model", args.model, "--steps", str(args.steps),
                    "--warmup", str(args.warmup), "--batch-size", str(args.batch_size),
-                   "--profile-steps", str(args.profile_steps)] + ["--compile-only", "--dtype", args.dtype] * args.compile_only
+                   "--profile-steps", str(args.profile_steps), "--sequence-length", str(args.sequence_length)
+                   ] + ["--compile-only", "--dtype", args.dtype] * args.compile_only
         if args.profile and name == "default":
             command += ["--profile-dir", os.path.abspath(os.path.join(os.path.dirname(args.out or "."), "profile"))]
         started = time.perf_counter()
@@ -228,7 +240,8 @@ def main(argv=None):
         print(json.dumps(row), flush=True)
         if args.out:
             with open(args.out, "w") as file:
-                json.dump({"date": time.strftime("%Y-%m-%d"), "model": args.model, "rows": rows}, file, indent=2)
+                json.dump({"date": time.strftime("%Y-%m-%d"), "model": args.model,
+                           "sequence_length": args.sequence_length, "batch_size": args.batch_size, "rows": rows}, file, indent=2)
     base = next((r for r in rows if r["variant"] == "default" and "error" not in r), None)
     if args.compile_only:
         print_compiled_table(rows, base)

@@ -20,9 +20,10 @@ Gemma 4 also takes the positions as its `position_ids` input
 Gemma 4's KV-shared layers reuse an earlier layer's keys and values, computed
 there at the same positions; their own block's mask still applies.
 
-Two ways to compute the attention itself (`kernel=`):
-- "dense" (CPU, GPU): keras-hub's own computation with the segment mask. The
-  segment mask is causal, and the fused attention op is told so: keras-hub
+Three ways to compute the attention itself (`kernel=`):
+- "dense" (CPU; GPUs where "flash" is not picked): keras-hub's own
+  computation with the segment mask. The segment mask is causal, and the
+  fused attention op is told so: keras-hub
   calls `keras.ops.dot_product_attention(..., mask=...)` without `is_causal`,
   so cuDNN computes every block of the score matrix and masks half of it
   away. Inside `packed_attention` the op also gets `is_causal=True`, which
@@ -45,6 +46,17 @@ Two ways to compute the attention itself (`kernel=`):
   text-only, so the image-bidirectional part of Gemma 3/4's mask, which the
   splash path does not compute, never applies. Not measured on a TPU
   (bench/NOTES.md).
+- "flash" (the default on an NVIDIA GPU from Hopper on,
+  `kerasgemma.flash_attention.flash_wanted`): the same replacement of
+  `_compute_attention`, with `kerasgemma.flash_attention.segment_flash_attention`
+  (a Pallas Triton flash kernel) instead of Splash. It skips the key blocks
+  outside each query block's example, and takes Gemma 2's soft-cap and the
+  sliding windows in the kernel. Measured on an H200, 8 rows x 1024 tokens,
+  against "dense" (bench/NOTES.md): +4% tokens/s on Gemma 2B, +8% on Gemma 3
+  1B, +13% and 5.6 GiB less on Gemma 2 2B (whose soft-capped attention
+  never takes cuDNN), +26% on Gemma 2B in rows of 4096; equal losses. Older
+  GPUs (T4, A100) and Gemma 4 (512-wide global heads) keep "dense". In
+  Pallas' interpret mode off a GPU.
 """
 
 # KERAS-HUB INTERNALS. This module patches private parts of keras-hub 0.32
@@ -66,15 +78,15 @@ Two ways to compute the attention itself (`kernel=`):
 #   keras-hub imports the op by name (`from keras.ops import ...`) instead of
 #   looking it up on `keras.ops`, the hint is lost (results stay correct, the
 #   ~5% GPU speed-up goes).
-# - The splash path shadows each attention layer's `_compute_attention` and
-#   recomputes what it would from the layer's attributes: the query scale
+# - The splash and flash paths shadow each attention layer's `_compute_attention` and
+#   recompute what it would from the layer's attributes: the query scale
 #   (`query_head_dim_normalize`, `head_dim`, `hidden_dim`, `num_query_heads`;
 #   1.0 for Gemma 4, which has no `query_head_dim_normalize`), the window
 #   (`use_sliding_window_attention`, `sliding_window_size`, and Gemma 4's
 #   `is_global_attention`) and `logit_soft_cap`. If keras-hub changes how it
-#   scales, windows or caps, the splash path computes another attention than
-#   the dense one (the splash-vs-dense tests in
-#   tests/test_splash_attention.py fail on a CPU; a TPU run would not
+#   scales, windows or caps, these paths compute another attention than
+#   the dense one (the kernel-vs-dense tests in
+#   tests/test_splash_attention.py fail on a CPU; a TPU or GPU run would not
 #   notice). The blocks' mask becomes a `(batch, seq, 1)` all-true
 #   placeholder: the attention layers' `call` must pass it only to
 #   `_compute_attention` (ignored) and to their "no attended tokens" wipe
@@ -88,10 +100,12 @@ import jax
 import jax.numpy as jnp
 import keras
 
+from kerasgemma.flash_attention import flash_wanted
+from kerasgemma.flash_attention import segment_flash_attention
 from kerasgemma.splash import splash_attention
 from kerasgemma.splash import splash_wanted
 
-KERNELS = ("auto", "dense", "splash")
+KERNELS = ("auto", "dense", "splash", "flash")
 
 
 def segment_causal_mask(segment_ids):
@@ -143,9 +157,9 @@ def packed_attention(backbone, segment_ids, kernel="auto"):
         backbone: a keras-hub Gemma (1–4) backbone.
         segment_ids: `(batch, seq)` ints, one id per example, 0 for padding.
         kernel: str. "splash" (JAX's Pallas Splash kernel; in interpret mode
-            off a TPU), "dense" (keras-hub's own attention with the segment
-            mask), or "auto": "splash" where `splash_wanted()` (a TPU),
-            else "dense".
+            off a TPU), "flash" (`segment_flash_attention`, a Pallas Triton
+            kernel; in interpret mode off a GPU), "dense" (keras-hub's own
+            attention with the segment mask), or "auto": `auto_kernel(backbone)`.
 
     Example:
     >>> import numpy as np
@@ -160,12 +174,14 @@ def packed_attention(backbone, segment_ids, kernel="auto"):
     """
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}.")
-    splash = kernel == "splash" or (kernel == "auto" and splash_wanted())
+    if kernel == "auto":
+        kernel = auto_kernel(backbone)
+    attend = {"splash": splash_attention, "flash": segment_flash_attention}.get(kernel)
     positions = segment_positions(segment_ids)
     blocks = backbone.transformer_layers
     ropes = [block.attention.rope_layer for block in blocks]
-    if splash:
-        within_examples, attention_op = _splash_attention_masks(segment_ids), contextlib.nullcontext
+    if attend:
+        within_examples, attention_op = _placeholder_attention_masks(segment_ids), contextlib.nullcontext
     else:
         within_examples, attention_op = _dense_attention_masks(segment_ids), causal_attention_op
 
@@ -175,8 +191,9 @@ def packed_attention(backbone, segment_ids, kernel="auto"):
     for block, rope in zip(blocks, ropes):
         object.__setattr__(block, "_compute_attention_mask", within_examples(block._compute_attention_mask))
         object.__setattr__(block.attention, "rope_layer", restarting(rope))
-        if splash:
-            object.__setattr__(block.attention, "_compute_attention", _splash_compute_attention(block.attention, segment_ids))
+        if attend:
+            object.__setattr__(block.attention, "_compute_attention",
+                               _kernel_compute_attention(block.attention, segment_ids, attend))
     try:
         with attention_op():
             yield
@@ -184,7 +201,7 @@ def packed_attention(backbone, segment_ids, kernel="auto"):
         for block, rope in zip(blocks, ropes):
             object.__delattr__(block, "_compute_attention_mask")
             object.__setattr__(block.attention, "rope_layer", rope)
-            if splash:
+            if attend:
                 object.__delattr__(block.attention, "_compute_attention")
 
 
@@ -208,18 +225,35 @@ def _dense_attention_masks(segment_ids):
     return within_examples
 
 
-def _splash_attention_masks(segment_ids):
-    """`own_mask -> compute_attention_mask` for the splash path: an all-true `(batch, seq, 1)` placeholder.
+def auto_kernel(backbone):
+    """The kernel `packed_attention(kernel="auto")` runs for `backbone`.
 
-    The splash `_compute_attention` ignores the mask; the placeholder keeps
+    "splash" on a TPU (`splash_wanted`), "flash" where `flash_wanted` (a
+    Hopper or later NVIDIA GPU, head dims up to 256, 16-bit compute), else
+    "dense".
+
+    Example:
+    >>> from kerasgemma.tiny import build_tiny_causal_lm
+    >>> auto_kernel(build_tiny_causal_lm("gemma").backbone)  # the tests run on a CPU
+    'dense'
+    """
+    if splash_wanted():
+        return "splash"
+    return "flash" if flash_wanted(backbone) else "dense"
+
+
+def _placeholder_attention_masks(segment_ids):
+    """`own_mask -> compute_attention_mask` for the kernel paths: an all-true `(batch, seq, 1)` placeholder.
+
+    A kernel's `_compute_attention` ignores the mask; the placeholder keeps
     keras-hub's "no attended tokens" wipe from building a `(seq, seq)` mask.
     """
     placeholder = jnp.ones((*jnp.shape(segment_ids), 1), dtype=bool)
     return lambda own_mask: lambda *args, **kwargs: placeholder
 
 
-def _splash_compute_attention(attention, segment_ids):
-    """A `_compute_attention` for keras-hub `attention` layer that runs `splash_attention`."""
+def _kernel_compute_attention(attention, segment_ids, attend):
+    """A `_compute_attention` for keras-hub `attention` layer that runs `attend` (`splash_attention`'s signature)."""
     if not hasattr(attention, "query_head_dim_normalize"):
         scale = 1.0  # Gemma 4: its query and key norms replace the scale
     elif attention.query_head_dim_normalize:
@@ -231,7 +265,7 @@ def _splash_compute_attention(attention, segment_ids):
     window = attention.sliding_window_size if local else None
 
     def compute_attention(query, key, value, attention_mask, training=False, cache_update_index=0):
-        return splash_attention(query, key, value, segment_ids, scale, attention.logit_soft_cap, window)
+        return attend(query, key, value, segment_ids, scale, attention.logit_soft_cap, window)
 
     return compute_attention
 

@@ -45,6 +45,7 @@ import contextlib
 import jax
 
 from kerasgemma.config import REMAT_CHOICES
+from kerasgemma.flash_attention import FORWARD_OUTPUTS as FLASH_FORWARD_OUTPUTS
 
 # The primitive JAX's cuDNN attention binds for its forward pass (jax 0.10-0.11,
 # jax/_src/cudnn/fused_attention_stablehlo.py; the kernel's own primitive is
@@ -54,7 +55,11 @@ FUSED_ATTENTION_FORWARD = "dot_product_attention_fwd_wrapper"
 
 
 def projections_and_fused_attention(prim, *avals, **params):
-    """A `jax.checkpoint` policy: keep the projections' outputs and cuDNN attention's forward outputs.
+    """A `jax.checkpoint` policy: keep the projections' outputs and fused attention's forward outputs.
+
+    Fused attention: cuDNN's (`FUSED_ATTENTION_FORWARD`) and kerasgemma's own
+    flash kernel's (`kerasgemma.flash_attention.FORWARD_OUTPUTS`, a
+    `checkpoint_name`).
 
     Example:
     >>> import jax, jax.numpy as jnp
@@ -64,8 +69,9 @@ def projections_and_fused_attention(prim, *avals, **params):
     >>> projections_and_fused_attention(equation.primitive, **equation.params)
     True
     """
-    return str(prim) == FUSED_ATTENTION_FORWARD or jax.checkpoint_policies.dots_with_no_batch_dims_saveable(
-        prim, *avals, **params)
+    if str(prim) == FUSED_ATTENTION_FORWARD or (str(prim) == "name" and params.get("name") == FLASH_FORWARD_OUTPUTS):
+        return True
+    return jax.checkpoint_policies.dots_with_no_batch_dims_saveable(prim, *avals, **params)
 
 
 # "none", "block", "dots" (`kerasgemma.config.REMAT_CHOICES`) -> jax.checkpoint policy.

@@ -1,8 +1,9 @@
-"""Splash attention on packed rows (`kerasgemma.splash`, `packed_attention(kernel="splash")`).
+"""Splash and flash attention on packed rows (`kerasgemma.splash`, `kerasgemma.flash_attention`,
+`packed_attention(kernel="splash" | "flash")`).
 
-No TPU is at hand: the kernel runs in Pallas' interpret mode on the CPU (the
-same kernel code, run as JAX ops), so these tests check what it computes, not
-its speed.
+No TPU or GPU is at hand: the kernels run in Pallas' interpret mode on the CPU
+(the same kernel code, run as JAX ops), so these tests check what they
+compute, not their speed.
 
 Tolerance: everything is float32. Splash forms the softmax online, one
 128-token tile at a time (running maximum and sum, rescaled per tile); the
@@ -53,17 +54,18 @@ def _hidden(lm, batch, kernel):
         return np.asarray(jitted_backbone(lm.backbone)(backbone_inputs(lm.backbone, batch)))
 
 
+@pytest.mark.parametrize("kernel", ["splash", "flash"])
 @pytest.mark.parametrize(
     "architecture", ["gemma3", *(pytest.param(a, marks=pytest.mark.slow) for a in ("gemma", "gemma2", "gemma4"))]
 )
-def test_splash_equals_dense_and_each_example_alone(architecture, shared_tiny_lm):
+def test_kernel_equals_dense_and_each_example_alone(architecture, kernel, shared_tiny_lm):
     """Every position of a packed row with padding; the last example also against itself alone
     (its positions restart, its window and its attention stay inside it). Alone = first in a
     row of the same length, the rest padding, through keras-hub's own causal attention. Jitted
     forwards (helpers.jitted_backbone): eager JAX compiles each op once per shape."""
     lm = shared_tiny_lm(architecture)
     batch = _packed_row(lm.backbone.vocabulary_size)
-    splash, dense = _hidden(lm, batch, "splash"), _hidden(lm, batch, "dense")
+    splash, dense = _hidden(lm, batch, kernel), _hidden(lm, batch, "dense")
     np.testing.assert_allclose(splash, dense, atol=ATOL, rtol=0)
     start, end = sum(LENGTHS[:-1]), sum(LENGTHS)
     alone = {"token_ids": jnp.roll(batch["token_ids"], -start, axis=1),
@@ -102,19 +104,20 @@ def test_splash_over_several_tiles_equals_the_dense_computation(soft_cap, window
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
 
 
-def test_gemma2_attention_soft_cap_is_applied_where_logits_reach_it():
+@pytest.mark.parametrize("kernel", ["splash", "flash"])
+def test_gemma2_attention_soft_cap_is_applied_where_logits_reach_it(kernel):
     """Query weights x10 push attention logits up to Gemma 2's cap (tiny: 50): the cap changes the
-    outputs by ~0.6 (measured), and splash applies it as the dense path does. (x100 puts the
+    outputs by ~0.6 (measured), and each kernel applies it as the dense path does. (x100 puts the
     logits in the thousands, where float32 rounding of a score alone is ~1e-4.)"""
     lm = build_tiny_causal_lm("gemma2")
     for block in lm.backbone.transformer_layers:
         block.attention.query_dense.kernel.assign(block.attention.query_dense.kernel * 10.0)
     batch = _packed_row(lm.backbone.vocabulary_size)
-    capped = _hidden(lm, batch, "splash")
+    capped = _hidden(lm, batch, kernel)
     np.testing.assert_allclose(capped, _hidden(lm, batch, "dense"), atol=ATOL, rtol=0)
     for block in lm.backbone.transformer_layers:
         block.attention.logit_soft_cap = None
-    assert np.abs(_hidden(lm, batch, "splash") - capped).max() > 0.1
+    assert np.abs(_hidden(lm, batch, kernel) - capped).max() > 0.1
 
 
 def test_auto_picks_splash_on_a_tpu_only(monkeypatch, shared_tiny_lm):
@@ -132,14 +135,16 @@ def test_auto_picks_splash_on_a_tpu_only(monkeypatch, shared_tiny_lm):
         assert "_compute_attention" in vars(attention)
     assert "_compute_attention" not in vars(attention)  # restored
     with pytest.raises(ValueError, match="kernel must be one of"):
-        with packed_attention(lm.backbone, segment_ids, kernel="flash"):
+        with packed_attention(lm.backbone, segment_ids, kernel="cudnn"):
             pass
 
 
 @pytest.mark.slow
-def test_lora_gradients_and_train_loss_agree_on_a_faked_tpu(monkeypatch):
+@pytest.mark.parametrize("kernel, function", [("splash", "splash_attention"), ("flash", "segment_flash_attention")])
+def test_lora_gradients_and_train_loss_agree_with_each_kernel(monkeypatch, kernel, function):
     """The project's loss (fused, sliced) and its LoRA gradients through `packed_attention`'s
-    default, with `splash_wanted` faked to say TPU; Gemma 2 with 2 KV heads for 4 query heads."""
+    default, with `auto_kernel` made to pick the kernel (as on a TPU for splash); Gemma 2 with
+    2 KV heads for 4 query heads."""
     lm = lora_model("gemma2", num_key_value_heads=2)
     batch = _packed_row(lm.backbone.vocabulary_size)
     segment_ids = batch["segment_ids"]
@@ -157,13 +162,14 @@ def test_lora_gradients_and_train_loss_agree_on_a_faked_tpu(monkeypatch):
 
     dense_loss, dense_grads = loss_and_grads()
     calls = []
-    monkeypatch.setattr(kerasgemma.attention, "splash_wanted", lambda: True)
-    monkeypatch.setattr(kerasgemma.attention, "splash_attention", lambda *a: calls.append(1) or splash_attention(*a))
-    splash_loss, splash_grads = loss_and_grads()
+    attend = getattr(kerasgemma.attention, function)
+    monkeypatch.setattr(kerasgemma.attention, "auto_kernel", lambda backbone: kernel)
+    monkeypatch.setattr(kerasgemma.attention, function, lambda *a: calls.append(1) or attend(*a))
+    kernel_loss, kernel_grads = loss_and_grads()
     assert len(calls) == lm.backbone.num_layers  # traced once per layer
-    np.testing.assert_allclose(splash_loss, dense_loss, rtol=1e-6)
-    assert len(splash_grads) == len(dense_grads) > 0
-    for variable, got, want in zip(lm.trainable_variables, splash_grads, dense_grads):
+    np.testing.assert_allclose(kernel_loss, dense_loss, rtol=1e-6)
+    assert len(kernel_grads) == len(dense_grads) > 0
+    for variable, got, want in zip(lm.trainable_variables, kernel_grads, dense_grads):
         assert "lora_kernel" in variable.path and np.abs(want).max() > 0
         np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(want).max(), rtol=0, err_msg=variable.path)
 
@@ -193,13 +199,15 @@ def test_keras_fused_op_on_a_tpu_drops_the_soft_cap_under_jit(monkeypatch):
 
 
 @pytest.mark.slow
-def test_splash_runs_per_shard_under_a_keras_distribution(tmp_path):
-    """Pallas TPU kernels must run inside `jax.shard_map` on several devices; on 4 CPU devices
+@pytest.mark.parametrize("module, function", [("kerasgemma.splash", "splash_attention"),
+                                              ("kerasgemma.flash_attention", "segment_flash_attention")])
+def test_kernel_runs_per_shard_under_a_keras_distribution(module, function):
+    """Pallas kernels must run inside `jax.shard_map` on several devices; on 4 CPU devices
     (rows over `batch`; heads over `model` with 2 KV heads split alike or 1 KV head copied)
     the result equals the unsharded one."""
-    script = textwrap.dedent("""
+    script = textwrap.dedent(f"""
         import jax, jax.numpy as jnp, keras, numpy as np
-        from kerasgemma.splash import splash_attention
+        from {module} import {function} as splash_attention
         rng = np.random.default_rng(0)
         segment_ids = jnp.asarray(np.repeat([[1] * 25 + [2] * 10 + [0] * 5], 4, axis=0))
         attention = jax.jit(lambda q, kv: splash_attention(q, kv, kv, segment_ids, 0.3, soft_cap=5.0, window=8))
