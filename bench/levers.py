@@ -45,10 +45,12 @@ VARIANTS = {
     "no_causal_hint": ("", {"no_causal_hint": True},
                        "the segment mask alone, without is_causal=True: cuDNN computes every block"),
     "dense_attention": ("", {"attention_kernel": "dense"},
-                        "on a TPU: XLA's dense masked attention instead of the Splash kernel (elsewhere: the default)"),
+                        "keras-hub's attention with the segment mask (cuDNN with is_causal on a GPU, XLA's masked "
+                        "computation on a TPU) instead of the kernel 'auto' picks (Splash on a TPU, flash on a Hopper "
+                        "GPU; elsewhere the default)"),
     "flash_attention": ("", {"attention_kernel": "flash"},
                         "the Pallas Triton flash kernel: skips key blocks outside each query's example, soft-cap "
-                        "and windows in the kernel"),
+                        "and windows in the kernel (the default on a Hopper GPU)"),
     "flash_attention_remat_dots": ("", {"attention_kernel": "flash", "remat": "dots"},
                                    "flash_attention with remat 'dots' (projections' and the flash kernel's outputs kept)"),
     "remat_dots": ("", {"remat": "dots"},

@@ -40,7 +40,13 @@ at 1.8x its measured peak; without them every measured row is within
 a TPU it is the Splash kernel that `kerasgemma.attention.packed_attention`
 runs for every layer, soft-cap or not (`kerasgemma.splash`; it keeps its
 output and log-sum-exp, no scores: read from its source, not measured on a
-TPU). On CPU and older GPUs the scores are counted; tests/test_memory_plan.py
+TPU). On a Hopper or later GPU `packed_attention` runs kerasgemma's own
+flash kernel (`kerasgemma.flash_attention`; no scores, soft-cap or not);
+the plan still counts Gemma 2's scores there, as cuDNN's fallback needs
+them: an overestimate on the safe side (measured on an H200 at 8 x 1024
+tokens: Gemma 2 2B 25.0 GiB with the kernel, 30.6 GiB without), kept so
+that the committed H200 rows, measured before the kernel, still check the
+plan. On CPU and older GPUs the scores are counted; tests/test_memory_plan.py
 also checks the estimate against XLA's `memory_analysis()` of the compiled
 train step on CPU.
 
