@@ -57,3 +57,31 @@ def test_dots_keeps_projections_and_cudnn_attention_not_score_einsums():
     # (a rename would silently make "dots" run the attention forward again in the backward pass).
     assert fused_attention_stablehlo._dot_product_attention_fwd_p_wrapper.name == FUSED_ATTENTION_FORWARD
     assert policy(fused_attention_stablehlo._dot_product_attention_fwd_p_wrapper)
+
+
+def test_dots_keeps_the_flash_kernels_outputs_and_block_keeps_none(capsys):
+    """Under "dots" the backward pass reads the flash kernel's output and log-sum-exp (its two
+    named residuals) instead of running its forward kernel again; "block" keeps neither."""
+    from jax.ad_checkpoint import print_saved_residuals
+
+    from kerasgemma.flash_attention import FORWARD_OUTPUTS, BlockSizes, segment_flash_attention
+    from kerasgemma.remat import REMAT_POLICIES
+
+    rng = np.random.default_rng(0)
+    x = jax.numpy.asarray(rng.normal(size=(1, 32, 2, 16)), jax.numpy.float32)
+    kernel = jax.numpy.asarray(rng.normal(size=(16, 16)), jax.numpy.float32)
+    segment_ids = jax.numpy.asarray([[1] * 20 + [2] * 12])
+
+    def attention(x):
+        projected = x @ kernel
+        out = segment_flash_attention(projected, projected, projected, segment_ids, 0.3,
+                                      block_sizes=BlockSizes(16, 16, 16, 16, 16, 16))
+        return jax.numpy.sum(out**2)
+
+    def named_residuals(remat):
+        capsys.readouterr()
+        print_saved_residuals(jax.checkpoint(attention, policy=REMAT_POLICIES[remat]), x)
+        return [line for line in capsys.readouterr().out.splitlines() if FORWARD_OUTPUTS in line]
+
+    assert len(named_residuals("dots")) == 2
+    assert named_residuals("block") == []
