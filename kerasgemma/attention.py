@@ -155,7 +155,9 @@ def packed_attention(backbone, segment_ids, kernel="auto"):
 
     Args:
         backbone: a keras-hub Gemma (1–4) backbone.
-        segment_ids: `(batch, seq)` ints, one id per example, 0 for padding.
+        segment_ids: `(batch, seq)` ints, one id per example, 0 for padding;
+            each example's tokens contiguous, as `kerasgemma.data` packs
+            them (the "flash" kernel's block bounds rely on it).
         kernel: str. "splash" (JAX's Pallas Splash kernel; in interpret mode
             off a TPU), "flash" (`segment_flash_attention`, a Pallas Triton
             kernel; in interpret mode off a GPU), "dense" (keras-hub's own
