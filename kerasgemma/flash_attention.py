@@ -216,9 +216,11 @@ def flash_wanted(backbone):
     """
     if jax.default_backend() != "gpu":
         return False
-    capability = float(getattr(jax.devices()[0], "compute_capability", 0) or 0)
+    capability = str(getattr(jax.devices()[0], "compute_capability", "0"))
+    if not capability.replace(".", "", 1).isdigit():
+        return False  # an AMD GPU names its architecture ("gfx90a"); the kernel is tuned for NVIDIA's
     head_dims = [block.attention.head_dim for block in backbone.transformer_layers]
-    return (capability >= MIN_COMPUTE_CAPABILITY and max(head_dims) <= MAX_HEAD_DIM
+    return (float(capability) >= MIN_COMPUTE_CAPABILITY and max(head_dims) <= MAX_HEAD_DIM
             and jnp.dtype(backbone.compute_dtype).itemsize == 2)
 
 

@@ -179,6 +179,7 @@ class _FakeGpu:
     ("7.5", "float16", 256, False),    # T4
     ("9.0", "float32", 256, False),    # float32 tiles: twice the shared memory
     ("9.0", "bfloat16", 512, False),   # Gemma 4's global layers
+    ("gfx942", "bfloat16", 256, False),  # an AMD GPU
 ])
 def test_auto_picks_flash_on_hopper_gpus_only_where_it_fits(monkeypatch, capability, dtype, head_dim, wanted):
     """`packed_attention(kernel="auto")` on a faked GPU: the backbone's layers and dtype, the card's generation."""
