@@ -98,14 +98,11 @@ def key_start(segment_ids, window=None):
     >>> np.asarray(key_start(np.array([[1, 1, 1, 1]]), window=2)).tolist()
     [[0, 0, 1, 2]]
     """
-    import jax.numpy as jnp
+    from kerasgemma.flash_attention import first_key_and_last_query
+    from kerasgemma.splash import splash_segment_ids
 
-    from kerasgemma.attention import segment_positions
-
-    segment_ids = jnp.asarray(segment_ids)
-    index = jnp.broadcast_to(jnp.arange(segment_ids.shape[-1], dtype=jnp.int32), segment_ids.shape)
-    start = jnp.where(segment_ids == 0, index, index - segment_positions(segment_ids))
-    return start if window is None else jnp.maximum(start, index - window + 1)
+    first_key, _ = first_key_and_last_query(splash_segment_ids(segment_ids, segment_ids.shape[-1]), window)
+    return first_key
 
 
 def tokamax_attention(implementation, segment_ids, scale, soft_cap, window):

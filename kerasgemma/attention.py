@@ -96,10 +96,10 @@ import contextlib
 import functools
 import math
 
-import jax
 import jax.numpy as jnp
 import keras
 
+from kerasgemma.flash_attention import first_key_and_last_query
 from kerasgemma.flash_attention import flash_wanted
 from kerasgemma.flash_attention import segment_flash_attention
 from kerasgemma.splash import splash_attention
@@ -139,11 +139,8 @@ def segment_positions(segment_ids):
     """
     segment_ids = jnp.asarray(segment_ids)
     index = jnp.broadcast_to(jnp.arange(segment_ids.shape[-1], dtype=jnp.int32), segment_ids.shape)
-    starts = jnp.concatenate(
-        [jnp.ones_like(segment_ids[:, :1], dtype=bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1
-    )
-    first = jax.lax.cummax(jnp.where(starts, index, 0), axis=1)
-    return index - first
+    example_start, _ = first_key_and_last_query(segment_ids)
+    return index - example_start
 
 
 @contextlib.contextmanager

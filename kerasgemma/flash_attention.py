@@ -227,8 +227,11 @@ def flash_wanted(backbone):
 def first_key_and_last_query(segment_ids, window=None):
     """Per token, `(batch, seq)` int32 each: the first key it may see, and the last query that may see it.
 
-    `segment_ids` as the kernels get them (`splash_segment_ids`: each padding
-    token its own example). Both never decrease along a row.
+    A run of equal ids is one example: without a window, the first key is
+    the example's first token and the last query its last token
+    (`kerasgemma.attention.segment_positions` counts from the former). The
+    kernels pass `splash_segment_ids`, where each padding token is an example
+    of its own. Both never decrease along a row.
 
     Example:
     >>> import numpy as np
