@@ -54,7 +54,8 @@ VARIANTS = {
     "flash_attention_remat_dots": ("", {"attention_kernel": "flash", "remat": "dots"},
                                    "flash_attention with remat 'dots' (projections' and the flash kernel's outputs kept)"),
     "remat_dots": ("", {"remat": "dots"},
-                   "remat 'dots': each block keeps its projections' and cuDNN attention's outputs, recomputes the rest"),
+                   "remat 'dots': each block keeps its projections' and fused attention's outputs (cuDNN's or the flash "
+                   "kernel's), recomputes the rest"),
     "remat_dots_projections": ("", {"remat": "dots", "dots_policy": "dots_with_no_batch_dims_saveable"},
                                "measurement only: remat 'dots' keeping the projections' outputs alone (the cuDNN "
                                "attention forward runs again in the backward pass; 'dots' until 2026-11-30)"),
