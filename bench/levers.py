@@ -40,7 +40,12 @@ tt.SHAPES["gemma_2b_2layers"] = dict(arch="gemma", keras=dict(tt.SHAPES["gemma_2
 
 # name -> (extra XLA flags, keyword arguments of the step set-up, description)
 VARIANTS = {
-    "default": ("", {}, "kerasgemma defaults (packed, bf16, fused sliced loss, cuDNN attention with the segment mask and is_causal)"),
+    "default": ("", {}, "kerasgemma defaults (packed, bf16, fused sliced loss on the loss-carrying tokens, the attention "
+                        "kernel 'auto' picks: flash on a Hopper GPU, Splash on a TPU, cuDNN with the segment mask and "
+                        "is_causal on other GPUs)"),
+    "loss_every_token": ("", {"loss_every_token": True},
+                         "the fused loss projects every token onto the vocabulary, prompt tokens too (the default "
+                         "until 2026-11-30)"),
     "causal_only": ("", {"causal_only": True}, "measurement only: keras-hub's causal mask, no segment mask"),
     "no_causal_hint": ("", {"no_causal_hint": True},
                        "the segment mask alone, without is_causal=True: cuDNN computes every block"),
@@ -122,6 +127,13 @@ def apply_lever_options(options):
         kerasgemma.forward.packed_attention = lambda backbone, segment_ids: contextlib.nullcontext()
     if options.pop("no_causal_hint", False):
         kerasgemma.attention.causal_attention_op = contextlib.nullcontext
+    if options.pop("loss_every_token", False):
+        fused = kerasgemma.forward.fused_cross_entropy
+
+        def every_token(hidden, matrix, target_ids, loss_mask, *rest):
+            return fused(hidden, matrix, target_ids, loss_mask | True, *rest)
+
+        kerasgemma.forward.fused_cross_entropy = every_token
     if "loss_chunk_tokens" in options:
         kerasgemma.forward.LOSS_CHUNK_TOKENS = options.pop("loss_chunk_tokens")
     if "dots_policy" in options:

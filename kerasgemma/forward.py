@@ -166,66 +166,113 @@ def _chunk_losses_and_grads(hidden, matrix, targets, soft_cap):
     return losses, grad_hidden.astype(hidden.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def fused_cross_entropy(hidden, matrix, target_ids, soft_cap=None, chunk_tokens=LOSS_CHUNK_TOKENS):
-    """Per-token cross-entropy of `hidden @ matrix.T` without the full logits.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def fused_cross_entropy(hidden, matrix, target_ids, loss_mask, soft_cap=None, chunk_tokens=LOSS_CHUNK_TOKENS):
+    """Per-token cross-entropy of `hidden @ matrix.T` without the full logits, on loss-carrying tokens only.
 
     The reference computation materialises float32 logits for the whole
     batch (8 GiB for 8 x 1024 tokens over Gemma's 256k vocabulary) and keeps
-    them for the backward pass. Here the projection runs over slices of
-    `chunk_tokens` tokens and the gradient with respect to `hidden` is formed
-    in the same pass, so neither the logits nor a recomputation is needed.
-    `matrix` (the frozen embedding) gets no gradient.
+    them for the backward pass. Here the projection runs over slices of about
+    `chunk_tokens` tokens a device and the gradient with respect to `hidden`
+    is formed in the same pass, so neither the logits nor a recomputation is
+    needed. `matrix` (the frozen embedding) gets no gradient.
+
+    Prompt tokens carry no loss, yet their vocabulary projection costs as much
+    as an answer token's (a fifth of Gemma 2B's step, more on Gemma 3 1B). So
+    each row's loss-carrying tokens (`loss_mask`) are moved to its front, in
+    order, the slices run along the positions of all rows at once, and the
+    loop stops after the last slice holding one. Rows stay whole, so a batch
+    split over devices by rows (data parallel) stays split. The result is 0
+    where `loss_mask` is False, and so is its gradient.
+
+    Args:
+        hidden: `(batch, seq, hidden)` final hidden states.
+        matrix: `(vocabulary, hidden)` output projection.
+        target_ids: `(batch, seq)` int target ids.
+        loss_mask: `(batch, seq)` bool, True where the token carries a loss.
+        soft_cap: the final logit soft-cap, or None.
+        chunk_tokens: about how many tokens one slice projects per device.
 
     Example:
     >>> import numpy as np
     >>> h = np.random.default_rng(0).normal(size=(2, 3, 4)).astype("float32")
     >>> m = np.random.default_rng(1).normal(size=(7, 4)).astype("float32")
     >>> t = np.array([[1, 2, 3], [4, 5, 6]])
-    >>> reference = cross_entropy(np.einsum("bsd,vd->bsv", h, m), t)
-    >>> bool(np.allclose(fused_cross_entropy(h, m, t, None, 4), reference, atol=1e-5))
+    >>> mask = np.array([[False, True, True], [False, False, True]])
+    >>> reference = cross_entropy(np.einsum("bsd,vd->bsv", h, m), t) * mask
+    >>> bool(np.allclose(fused_cross_entropy(h, m, t, mask, None, 2), reference, atol=1e-5))
     True
     """
-    return _fused_forward(hidden, matrix, target_ids, soft_cap, chunk_tokens)[0]
+    return _fused_forward(hidden, matrix, target_ids, loss_mask, soft_cap, chunk_tokens)[0]
 
 
-def _fused_forward(hidden, matrix, target_ids, soft_cap, chunk_tokens):
-    shape = target_ids.shape
-    flat_hidden = hidden.reshape(-1, hidden.shape[-1])
-    flat_targets = target_ids.reshape(-1)
-    count = flat_targets.shape[0]
-    chunk = min(chunk_tokens, count)
-    pad = (-count) % chunk
-    flat_hidden = jnp.pad(flat_hidden, ((0, pad), (0, 0)))
-    flat_targets = jnp.pad(flat_targets, (0, pad))
-    chunks = (
-        flat_hidden.reshape(-1, chunk, flat_hidden.shape[-1]),
-        flat_targets.reshape(-1, chunk),
-    )
-    losses, grads = jax.lax.map(lambda xs: _chunk_losses_and_grads(xs[0], matrix, xs[1], soft_cap), chunks)
-    losses = losses.reshape(-1)[:count].reshape(shape)
-    grads = grads.reshape(-1, hidden.shape[-1])[:count].reshape(hidden.shape)
+def _rows_per_device(rows):
+    """Rows of a batch on one device under the keras distribution in force (all of them without one)."""
+    distribution = keras.distribution.distribution()
+    if distribution is None:
+        return rows
+    mesh = distribution.device_mesh
+    shards = mesh.shape[list(mesh.axis_names).index(distribution.batch_dim_name)]
+    return max(1, rows // shards)
+
+
+def _fused_forward(hidden, matrix, target_ids, loss_mask, soft_cap, chunk_tokens):
+    rows, length = target_ids.shape
+    loss_mask = jnp.asarray(loss_mask, bool)
+    order = jnp.argsort(~loss_mask, axis=1, stable=True)  # each row's loss-carrying tokens first, in order
+    width = max(1, min(length, chunk_tokens // _rows_per_device(rows)))
+    slices = -(-length // width)
+    pad = slices * width - length
+    sorted_hidden = jnp.pad(jnp.take_along_axis(hidden, order[..., None], axis=1), ((0, 0), (0, pad), (0, 0)))
+    sorted_targets = jnp.pad(jnp.take_along_axis(target_ids, order, axis=1), ((0, 0), (0, pad)))
+    needed = -(-jnp.max(jnp.sum(loss_mask, axis=1)) // width)
+
+    def project_slice(index, carry):
+        losses, grads = carry
+        start = index * width
+        slice_hidden = jax.lax.dynamic_slice_in_dim(sorted_hidden, start, width, axis=1)
+        slice_targets = jax.lax.dynamic_slice_in_dim(sorted_targets, start, width, axis=1)
+        slice_losses, slice_grads = _chunk_losses_and_grads(
+            slice_hidden.reshape(-1, hidden.shape[-1]), matrix, slice_targets.reshape(-1), soft_cap
+        )
+        losses = jax.lax.dynamic_update_slice_in_dim(losses, slice_losses.reshape(rows, width), start, axis=1)
+        grads = jax.lax.dynamic_update_slice_in_dim(grads, slice_grads.reshape(rows, width, -1), start, axis=1)
+        return losses, grads
+
+    empty = (jnp.zeros(sorted_targets.shape, jnp.float32), jnp.zeros(sorted_hidden.shape, hidden.dtype))
+    sorted_losses, sorted_grads = jax.lax.fori_loop(0, needed, project_slice, empty)
+    unsort = jnp.argsort(order, axis=1)
+    losses = jnp.where(loss_mask, jnp.take_along_axis(sorted_losses[:, :length], unsort, axis=1), 0.0)
+    grads = jnp.where(
+        loss_mask[..., None], jnp.take_along_axis(sorted_grads[:, :length], unsort[..., None], axis=1), 0
+    ).astype(hidden.dtype)
     return losses, grads
 
 
-def _fused_vjp_forward(hidden, matrix, target_ids, soft_cap, chunk_tokens):
-    losses, grads = _fused_forward(hidden, matrix, target_ids, soft_cap, chunk_tokens)
-    return losses, (grads, matrix, target_ids)
+def _fused_vjp_forward(hidden, matrix, target_ids, loss_mask, soft_cap, chunk_tokens):
+    losses, grads = _fused_forward(hidden, matrix, target_ids, loss_mask, soft_cap, chunk_tokens)
+    return losses, (grads, matrix)
 
 
 def _fused_vjp_backward(soft_cap, chunk_tokens, residuals, upstream):
-    grads, matrix, target_ids = residuals
+    grads, matrix = residuals
     grad_hidden = (grads.astype(jnp.float32) * upstream[..., None]).astype(grads.dtype)
-    return grad_hidden, jnp.zeros_like(matrix), None
+    return grad_hidden, jnp.zeros_like(matrix), None, None
 
 
 fused_cross_entropy.defvjp(_fused_vjp_forward, _fused_vjp_backward)
 
 
 def per_token_loss(causal_lm, trainable_values, non_trainable_values, batch, remat="none"):
-    """Per-token cross-entropy `(batch, seq)` through the fused, sliced loss (`remat`: see `hidden_states_fn`)."""
+    """Per-token cross-entropy `(batch, seq)` through the fused, sliced loss, 0 where `loss_weights` is 0.
+
+    `remat`: see `hidden_states_fn`.
+    """
     hidden, matrix, soft_cap = hidden_states_fn(causal_lm, trainable_values, non_trainable_values, batch, remat)
-    return fused_cross_entropy(hidden, jax.lax.stop_gradient(matrix), batch["target_ids"], soft_cap, LOSS_CHUNK_TOKENS)
+    return fused_cross_entropy(
+        hidden, jax.lax.stop_gradient(matrix), batch["target_ids"], batch["loss_weights"] != 0, soft_cap,
+        LOSS_CHUNK_TOKENS,
+    )
 
 
 def cross_entropy(logits, target_ids):

@@ -142,7 +142,7 @@ def test_levers_smoke_with_kernel_summary(bench, tmp_path, capsys):
     import levers
 
     out = tmp_path / "levers.json"
-    variants = ["default", "causal_only", "flash_attention"]
+    variants = ["default", "causal_only", "flash_attention", "loss_every_token"]
     assert levers.main(["--smoke", "--variants", *variants, "--profile", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert all(f"| {variant} |" in printed for variant in variants)
@@ -152,6 +152,8 @@ def test_levers_smoke_with_kernel_summary(bench, tmp_path, capsys):
     # The flash kernel (interpret mode here) computes the default's function: equal to the printed 1e-4,
     # where letting examples see each other (causal_only) moves the loss by 2.2e-3 (measured).
     assert rows["flash_attention"]["loss"] == pytest.approx(rows["default"]["loss"], abs=5e-4)
+    # Projecting the prompt tokens too changes nothing but the work done.
+    assert rows["loss_every_token"]["loss"] == pytest.approx(rows["default"]["loss"], abs=1e-4)
     assert (tmp_path / "profile").is_dir()
 
 

@@ -1,0 +1,101 @@
+"""The fused, sliced cross-entropy: equal to the reference on loss-carrying tokens, and no projection past them."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kerasgemma import forward
+from kerasgemma.forward import cross_entropy, fused_cross_entropy
+
+
+def reference_loss(hidden, matrix, target_ids, loss_mask, weights, soft_cap):
+    logits = jnp.einsum("bsd,vd->bsv", hidden, matrix)
+    if soft_cap is not None:
+        logits = jnp.tanh(logits / soft_cap) * soft_cap
+    return jnp.sum(cross_entropy(logits, target_ids) * loss_mask * weights)
+
+
+@pytest.mark.parametrize("rows, length, chunk_tokens, soft_cap", [
+    (2, 7, 4, None), (3, 10, 5, 30.0), (1, 9, 100, None), (4, 6, 1, None), (2, 8, 3, 2.0),
+])
+def test_equals_the_reference_on_loss_carrying_tokens(rows, length, chunk_tokens, soft_cap):
+    rng = np.random.default_rng(rows * 100 + length)
+    hidden = rng.normal(size=(rows, length, 8)).astype("float32")
+    matrix = rng.normal(size=(11, 8)).astype("float32")
+    target_ids = rng.integers(0, 11, size=(rows, length))
+    loss_mask = rng.random((rows, length)) < 0.6
+    loss_mask[0] = False  # a row without a loss-carrying token
+    loss_mask[-1, -1] = True
+    weights = rng.random((rows, length)).astype("float32")
+
+    def fused(h):
+        return jnp.sum(fused_cross_entropy(h, matrix, target_ids, loss_mask, soft_cap, chunk_tokens) * weights)
+
+    def reference(h):
+        return reference_loss(h, matrix, target_ids, loss_mask, weights, soft_cap)
+
+    np.testing.assert_allclose(fused(hidden), reference(hidden), rtol=1e-5)
+    np.testing.assert_allclose(jax.jit(jax.grad(fused))(hidden), jax.grad(reference)(hidden), atol=2e-6)
+    losses = fused_cross_entropy(hidden, matrix, target_ids, loss_mask, soft_cap, chunk_tokens)
+    assert np.all(np.asarray(losses)[~loss_mask] == 0) and np.all(np.asarray(losses)[loss_mask] > 0)
+
+
+def test_slices_past_the_last_loss_carrying_token_are_not_projected(monkeypatch):
+    """Rows of 8 positions, 2 rows, slices of 2 positions (4 tokens): the most loss-carrying tokens in a row is 3,
+    wherever they lie, so 2 of the 4 slices are projected."""
+    projected = []
+    project = forward._chunk_losses_and_grads
+
+    def counting(hidden, matrix, targets, soft_cap):
+        jax.debug.callback(lambda: projected.append(1))
+        return project(hidden, matrix, targets, soft_cap)
+
+    monkeypatch.setattr(forward, "_chunk_losses_and_grads", counting)
+    rng = np.random.default_rng(0)
+    hidden = rng.normal(size=(2, 8, 4)).astype("float32")
+    matrix = rng.normal(size=(5, 4)).astype("float32")
+    target_ids = rng.integers(0, 5, size=(2, 8))
+    loss_mask = np.zeros((2, 8), bool)
+    loss_mask[0, [1, 6, 7]] = True
+    loss_mask[1, [3, 4]] = True
+    losses = jax.jit(lambda h: fused_cross_entropy(h, matrix, target_ids, loss_mask, None, 4))(hidden)
+    jax.effects_barrier()
+    assert len(projected) == 2
+    want = cross_entropy(np.einsum("bsd,vd->bsv", hidden, matrix), target_ids) * loss_mask
+    np.testing.assert_allclose(losses, want, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_rows_split_over_devices_give_the_unsplit_loss():
+    """Under a keras data-parallel distribution on 4 CPU devices a slice spans the positions of one device's rows,
+    so each device projects about `chunk_tokens` of its own tokens; losses and gradients equal the unsplit ones."""
+    script = textwrap.dedent("""
+        import jax, jax.numpy as jnp, keras, numpy as np
+        from kerasgemma import forward
+        rng = np.random.default_rng(0)
+        hidden = jnp.asarray(rng.normal(size=(8, 12, 4)), jnp.float32)
+        matrix = jnp.asarray(rng.normal(size=(9, 4)), jnp.float32)
+        target_ids = jnp.asarray(rng.integers(0, 9, size=(8, 12)))
+        loss_mask = jnp.asarray(rng.random((8, 12)) < 0.5)
+        loss = lambda h: jnp.sum(forward.fused_cross_entropy(h, matrix, target_ids, loss_mask, None, 6))
+        want = jax.jit(jax.value_and_grad(loss))(hidden)
+        assert forward._rows_per_device(8) == 8
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=keras.distribution.list_devices()))
+        assert forward._rows_per_device(8) == 2
+        sharding = jax.sharding.NamedSharding(keras.distribution.distribution().device_mesh.backend_mesh,
+                                              jax.sharding.PartitionSpec("batch"))
+        got = jax.jit(jax.value_and_grad(loss))(jax.device_put(hidden, sharding))
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+        np.testing.assert_allclose(got[1], want[1], atol=1e-6)
+        print("ok")
+    """)
+    environment = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "KERAS_BACKEND": "jax"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, **environment))
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
