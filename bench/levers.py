@@ -23,6 +23,7 @@ import glob
 import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -68,6 +69,8 @@ VARIANTS = {
                        "measurement only: remat 'dots' keeping every matmul's output, XLA's dense attention scores "
                        "included (jax's dots_saveable, the first 'dots')"),
     "remat_block": ("", {"remat": "block"}, "remat 'block': each block keeps only its input"),
+    "loss_chunk_512": ("", {"loss_chunk_tokens": 512},
+                       "fused-loss slices of 512 tokens instead of 1024: finer steps past the last loss-carrying token"),
     "batch16": ("", {"batch_size": 16}, "16 packed rows per step instead of 8"),
     "no_triton_gemm": ("--xla_gpu_enable_triton_gemm=false", {}, "XLA: cuBLAS for every matmul, no Triton GEMM fusions"),
     "reference_loss": ("", {"fused_loss": False}, "full float32 logits instead of the fused sliced loss"),
@@ -90,8 +93,54 @@ def kernel_kind(name):
     return "other fusion"
 
 
-def summarize_trace(trace_dir, steps, top=30):
-    """Device time per kernel and per kind from a perfetto trace written by `jax.profiler`."""
+def hlo_op_names(hlo_text):
+    """Each HLO instruction's JAX op name (its name stack), keyed as a trace names the instruction's kernel.
+
+    Example:
+    >>> hlo_op_names('%loop_add_fusion.17 = f32[2] fusion(%p), metadata={op_name="jit(step)/fused_cross_entropy/add"}')
+    {'loop_add_fusion_17': 'jit(step)/fused_cross_entropy/add'}
+    """
+    pattern = re.compile(r'%?([\w.-]+) = [^\n]*?op_name="([^"]+)"')
+    return {trace_name(match.group(1)): match.group(2) for match in pattern.finditer(hlo_text)}
+
+
+def trace_name(name):
+    return re.sub(r"[.-]", "_", name)
+
+
+def part_of(kernel, op_name):
+    """Which part of the step a kernel belongs to: the named scopes of kerasgemma's loss and optimizer, attention
+    kernels by name, the rest the decoder blocks (projections, norms, activations, embedding)."""
+    if "fused_cross_entropy" in op_name:
+        return "loss"
+    if "optimizer" in op_name:
+        return "optimizer"
+    if kernel_kind(kernel) == "attention":
+        return "attention"
+    return "decoder blocks"
+
+
+def idle_time(intervals):
+    """Time within the span of `intervals` ((start, duration) pairs) when none of them runs.
+
+    Example:
+    >>> idle_time([(0, 5), (3, 4), (10, 2)])
+    3
+    """
+    idle, end = 0, None
+    for start, duration in sorted(intervals):
+        if end is not None and start > end:
+            idle += start - end
+        end = start + duration if end is None else max(end, start + duration)
+    return idle
+
+
+def summarize_trace(trace_dir, steps, top=30, op_names=None):
+    """Device time per kernel, per kind and per part of the step, and idle time, from a `jax.profiler` trace.
+
+    `op_names` (`hlo_op_names` of the compiled step) attributes each kernel to its JAX op.
+    """
+    op_names = op_names or {}
     paths = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)
     paths += glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True)
     if not paths:
@@ -101,20 +150,33 @@ def summarize_trace(trace_dir, steps, top=30):
     events = events["traceEvents"] if isinstance(events, dict) else events
     process_names = {e["pid"]: e["args"].get("name", "") for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
     device_pids = {pid for pid, name in process_names.items() if "GPU" in name or "gpu" in name or "TPU" in name}
-    by_name = collections.Counter()
+    by_name, by_part, intervals, op_of, named = collections.Counter(), collections.Counter(), [], {}, 0
     for event in events:
         if event.get("ph") == "X" and event.get("pid") in device_pids and "dur" in event:
-            by_name[event["name"]] += event["dur"]
+            name = event["name"]
+            by_name[name] += event["dur"]
+            args = event.get("args", {})
+            op_name = op_names.get(trace_name(str(args.get("hlo_op", name)))) or args.get("name", "")
+            named += bool(op_name)
+            op_of.setdefault(name, op_name)  # for the listing: the first op a kernel ran for
+            by_part[part_of(name, op_name)] += event["dur"]
+            intervals.append((event["ts"], event["dur"]))
     total = sum(by_name.values())
     if not total:
         return "no device events in the trace (processes: %s)" % sorted(set(process_names.values()))
     by_kind = collections.Counter()
     for name, micros in by_name.items():
         by_kind[kernel_kind(name)] += micros
-    lines = [f"device time per step: {total / steps / 1000:.1f} ms (sum over kernels, {len(by_name)} distinct)"]
+    lines = [f"device time per step: {total / steps / 1000:.1f} ms (sum over kernels, {len(by_name)} distinct); "
+             f"no kernel running: {idle_time(intervals) / steps / 1000:.1f} ms"]
     lines += [f"  {kind:<14} {micros / steps / 1000:8.1f} ms  {100 * micros / total:5.1f}%" for kind, micros in by_kind.most_common()]
-    lines.append(f"top {top} kernels (ms per step, share):")
-    lines += [f"  {micros / steps / 1000:8.2f}  {100 * micros / total:5.1f}%  {name[:110]}" for name, micros in by_name.most_common(top)]
+    if op_names:
+        lines.append(f"per part of the step ({named} of {len(intervals)} kernel runs traced to a JAX op):")
+        lines += [f"  {part:<14} {micros / steps / 1000:8.1f} ms  {100 * micros / total:5.1f}%" for part, micros in by_part.most_common()]
+    lines.append(f"top {top} kernels (ms per step, share, part, JAX op):")
+    lines += [f"  {micros / steps / 1000:8.2f}  {100 * micros / total:5.1f}%  {name[:60]}  "
+              f"[{part_of(name, op_of[name])}] {'/'.join(op_of[name].split('/')[-3:])[:80]}"
+              for name, micros in by_name.most_common(top)]
     return "\n".join(lines)
 
 
@@ -185,7 +247,8 @@ def run_variant(name, shape, steps, warmup, profile_dir=None, batch_size=tt.BATC
             for batch in plan[1:]:
                 state, loss, _ = step(state, frozen, batch)
             float(loss)
-        row["profile"] = summarize_trace(profile_dir, profile_steps)
+        op_names = hlo_op_names(step.lower(state, frozen, plan[0]).compile().as_text())
+        row["profile"] = summarize_trace(profile_dir, profile_steps, op_names=op_names)
     return row
 
 

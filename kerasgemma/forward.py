@@ -178,12 +178,12 @@ def fused_cross_entropy(hidden, matrix, target_ids, loss_mask, soft_cap=None, ch
     needed. `matrix` (the frozen embedding) gets no gradient.
 
     Prompt tokens carry no loss, yet their vocabulary projection costs as much
-    as an answer token's (a fifth of Gemma 2B's step, more on Gemma 3 1B). So
-    each row's loss-carrying tokens (`loss_mask`) are moved to its front, in
-    order, the slices run along the positions of all rows at once, and the
-    loop stops after the last slice holding one. Rows stay whole, so a batch
-    split over devices by rows (data parallel) stays split. The result is 0
-    where `loss_mask` is False, and so is its gradient.
+    as an answer token's. So the loss-carrying tokens (`loss_mask`) of each
+    device's rows are moved to the front of those rows' tokens, in order, and
+    the loop over slices stops after the last slice holding one. A batch split
+    over devices by rows (data parallel) stays split: each device sorts and
+    projects its own rows. The result is 0 where `loss_mask` is False, and so
+    is its gradient.
 
     Args:
         hidden: `(batch, seq, hidden)` final hidden states.
@@ -206,26 +206,33 @@ def fused_cross_entropy(hidden, matrix, target_ids, loss_mask, soft_cap=None, ch
     return _fused_forward(hidden, matrix, target_ids, loss_mask, soft_cap, chunk_tokens)[0]
 
 
-def _rows_per_device(rows):
-    """Rows of a batch on one device under the keras distribution in force (all of them without one)."""
+def _row_groups(rows):
+    """How many devices a batch's rows are split over by the keras distribution in force (1 without one).
+
+    1 too where the rows do not split evenly: the sort then spans the whole batch.
+    """
     distribution = keras.distribution.distribution()
     if distribution is None:
-        return rows
+        return 1
     mesh = distribution.device_mesh
     shards = mesh.shape[list(mesh.axis_names).index(distribution.batch_dim_name)]
-    return max(1, rows // shards)
+    return shards if rows % shards == 0 else 1
 
 
 def _fused_forward(hidden, matrix, target_ids, loss_mask, soft_cap, chunk_tokens):
-    rows, length = target_ids.shape
-    loss_mask = jnp.asarray(loss_mask, bool)
-    order = jnp.argsort(~loss_mask, axis=1, stable=True)  # each row's loss-carrying tokens first, in order
-    width = max(1, min(length, chunk_tokens // _rows_per_device(rows)))
+    # One group of tokens per device: its rows, end to end.
+    groups = _row_groups(target_ids.shape[0])
+    group_hidden = hidden.reshape(groups, -1, hidden.shape[-1])
+    group_targets = target_ids.reshape(groups, -1)
+    group_mask = jnp.asarray(loss_mask, bool).reshape(groups, -1)
+    length = group_targets.shape[1]
+    order = jnp.argsort(~group_mask, axis=1, stable=True)  # loss-carrying tokens first, in order
+    width = min(length, chunk_tokens)
     slices = -(-length // width)
     pad = slices * width - length
-    sorted_hidden = jnp.pad(jnp.take_along_axis(hidden, order[..., None], axis=1), ((0, 0), (0, pad), (0, 0)))
-    sorted_targets = jnp.pad(jnp.take_along_axis(target_ids, order, axis=1), ((0, 0), (0, pad)))
-    needed = -(-jnp.max(jnp.sum(loss_mask, axis=1)) // width)
+    sorted_hidden = jnp.pad(jnp.take_along_axis(group_hidden, order[..., None], axis=1), ((0, 0), (0, pad), (0, 0)))
+    sorted_targets = jnp.pad(jnp.take_along_axis(group_targets, order, axis=1), ((0, 0), (0, pad)))
+    needed = -(-jnp.max(jnp.sum(group_mask, axis=1)) // width)
 
     def project_slice(index, carry):
         losses, grads = carry
@@ -235,17 +242,17 @@ def _fused_forward(hidden, matrix, target_ids, loss_mask, soft_cap, chunk_tokens
         slice_losses, slice_grads = _chunk_losses_and_grads(
             slice_hidden.reshape(-1, hidden.shape[-1]), matrix, slice_targets.reshape(-1), soft_cap
         )
-        losses = jax.lax.dynamic_update_slice_in_dim(losses, slice_losses.reshape(rows, width), start, axis=1)
-        grads = jax.lax.dynamic_update_slice_in_dim(grads, slice_grads.reshape(rows, width, -1), start, axis=1)
+        losses = jax.lax.dynamic_update_slice_in_dim(losses, slice_losses.reshape(groups, width), start, axis=1)
+        grads = jax.lax.dynamic_update_slice_in_dim(grads, slice_grads.reshape(groups, width, -1), start, axis=1)
         return losses, grads
 
     empty = (jnp.zeros(sorted_targets.shape, jnp.float32), jnp.zeros(sorted_hidden.shape, hidden.dtype))
     sorted_losses, sorted_grads = jax.lax.fori_loop(0, needed, project_slice, empty)
     unsort = jnp.argsort(order, axis=1)
-    losses = jnp.where(loss_mask, jnp.take_along_axis(sorted_losses[:, :length], unsort, axis=1), 0.0)
-    grads = jnp.where(
-        loss_mask[..., None], jnp.take_along_axis(sorted_grads[:, :length], unsort[..., None], axis=1), 0
-    ).astype(hidden.dtype)
+    losses = jnp.take_along_axis(sorted_losses[:, :length], unsort, axis=1)
+    grads = jnp.take_along_axis(sorted_grads[:, :length], unsort[..., None], axis=1)
+    losses = jnp.where(group_mask, losses, 0.0).reshape(target_ids.shape)
+    grads = jnp.where(group_mask[..., None], grads, 0).astype(hidden.dtype).reshape(hidden.shape)
     return losses, grads
 
 
@@ -269,10 +276,11 @@ def per_token_loss(causal_lm, trainable_values, non_trainable_values, batch, rem
     `remat`: see `hidden_states_fn`.
     """
     hidden, matrix, soft_cap = hidden_states_fn(causal_lm, trainable_values, non_trainable_values, batch, remat)
-    return fused_cross_entropy(
-        hidden, jax.lax.stop_gradient(matrix), batch["target_ids"], batch["loss_weights"] != 0, soft_cap,
-        LOSS_CHUNK_TOKENS,
-    )
+    with jax.named_scope("fused_cross_entropy"):  # the loss's share of a profile (bench/levers.py --profile)
+        return fused_cross_entropy(
+            hidden, jax.lax.stop_gradient(matrix), batch["target_ids"], batch["loss_weights"] != 0, soft_cap,
+            LOSS_CHUNK_TOKENS,
+        )
 
 
 def cross_entropy(logits, target_ids):

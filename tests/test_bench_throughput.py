@@ -194,16 +194,22 @@ def test_trace_summary_reads_device_kernels_only(bench, tmp_path):
     events = [
         {"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/device:GPU:0"}},
         {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/host:CPU"}},
-        {"ph": "X", "pid": 1, "name": "nvjet_sm90_gemm", "dur": 3000},
-        {"ph": "X", "pid": 1, "name": "cudnn_flash_bprop", "dur": 1000},
-        {"ph": "X", "pid": 2, "name": "python_host_work", "dur": 99000},
+        {"ph": "X", "pid": 1, "ts": 0, "name": "nvjet_sm90_gemm", "dur": 2000, "args": {"hlo_op": "custom-call.7"}},
+        {"ph": "X", "pid": 1, "ts": 2500, "name": "nvjet_sm90_gemm", "dur": 1000, "args": {"hlo_op": "custom-call.9"}},
+        {"ph": "X", "pid": 1, "ts": 3500, "name": "cudnn_flash_bprop", "dur": 1000},
+        {"ph": "X", "pid": 2, "ts": 0, "name": "python_host_work", "dur": 99000},
     ]
     (tmp_path / "run").mkdir()
     with gzip.open(tmp_path / "run" / "perfetto_trace.json.gz", "wt") as file:
         json.dump({"traceEvents": events}, file)
-    summary = levers.summarize_trace(str(tmp_path), steps=2)
-    assert "device time per step: 2.0 ms" in summary
+    hlo = ('%custom-call.7 = bf16[8,8] custom-call(%a), metadata={op_name="jit(step)/jvp(fused_cross_entropy)/dot"}\n'
+           '%custom-call.9 = bf16[8,8] custom-call(%b), metadata={op_name="jit(step)/transpose/dot_general"}')
+    summary = levers.summarize_trace(str(tmp_path), steps=2, op_names=levers.hlo_op_names(hlo))
+    assert "device time per step: 2.0 ms" in summary and "no kernel running: 0.2 ms" in summary
     assert "matmul" in summary and "75.0%" in summary and "python_host_work" not in summary
+    parts = summary.split("per part of the step (2 of 3 kernel runs traced to a JAX op):")[1]
+    assert "loss                1.0 ms   50.0%" in parts and "attention           0.5 ms" in parts
+    assert "decoder blocks      0.5 ms" in parts
 
 
 @pytest.mark.slow

@@ -47,8 +47,8 @@ def test_equals_the_reference_on_loss_carrying_tokens(rows, length, chunk_tokens
 
 
 def test_slices_past_the_last_loss_carrying_token_are_not_projected(monkeypatch):
-    """Rows of 8 positions, 2 rows, slices of 2 positions (4 tokens): the most loss-carrying tokens in a row is 3,
-    wherever they lie, so 2 of the 4 slices are projected."""
+    """2 rows of 8 tokens in slices of 4: the 4 loss-carrying tokens, wherever they lie, fill one slice (sorting each
+    row alone would need two), so 1 of the 4 slices is projected."""
     projected = []
     project = forward._chunk_losses_and_grads
 
@@ -63,19 +63,21 @@ def test_slices_past_the_last_loss_carrying_token_are_not_projected(monkeypatch)
     target_ids = rng.integers(0, 5, size=(2, 8))
     loss_mask = np.zeros((2, 8), bool)
     loss_mask[0, [1, 6, 7]] = True
-    loss_mask[1, [3, 4]] = True
+    loss_mask[1, 4] = True
     losses = jax.jit(lambda h: fused_cross_entropy(h, matrix, target_ids, loss_mask, None, 4))(hidden)
     jax.effects_barrier()
-    assert len(projected) == 2
+    assert len(projected) == 1
     want = cross_entropy(np.einsum("bsd,vd->bsv", hidden, matrix), target_ids) * loss_mask
     np.testing.assert_allclose(losses, want, rtol=1e-5)
 
 
 @pytest.mark.slow
 def test_rows_split_over_devices_give_the_unsplit_loss():
-    """Under a keras data-parallel distribution on 4 CPU devices a slice spans the positions of one device's rows,
-    so each device projects about `chunk_tokens` of its own tokens; losses and gradients equal the unsplit ones."""
+    """Under a keras data-parallel distribution on 4 CPU devices each device sorts and projects its own rows, with
+    no gather (the slices of 1024 flattened tokens before 2026-11-30 gathered every row on every device); losses and
+    gradients equal the unsplit ones."""
     script = textwrap.dedent("""
+        import re
         import jax, jax.numpy as jnp, keras, numpy as np
         from kerasgemma import forward
         rng = np.random.default_rng(0)
@@ -85,12 +87,19 @@ def test_rows_split_over_devices_give_the_unsplit_loss():
         loss_mask = jnp.asarray(rng.random((8, 12)) < 0.5)
         loss = lambda h: jnp.sum(forward.fused_cross_entropy(h, matrix, target_ids, loss_mask, None, 6))
         want = jax.jit(jax.value_and_grad(loss))(hidden)
-        assert forward._rows_per_device(8) == 8
+        assert forward._row_groups(8) == 1
         keras.distribution.set_distribution(keras.distribution.DataParallel(devices=keras.distribution.list_devices()))
-        assert forward._rows_per_device(8) == 2
+        assert forward._row_groups(8) == 4 and forward._row_groups(6) == 1
         sharding = jax.sharding.NamedSharding(keras.distribution.distribution().device_mesh.backend_mesh,
                                               jax.sharding.PartitionSpec("batch"))
-        got = jax.jit(jax.value_and_grad(loss))(jax.device_put(hidden, sharding))
+        split = jax.device_put(hidden, sharding)
+        got = jax.jit(jax.value_and_grad(loss))(split)
+        # No device gathers the others' rows (XLA may gather through an all-reduce): every collective is a scalar,
+        # the summed loss and the count of slices to project.
+        compiled = jax.jit(jax.value_and_grad(loss)).lower(split).compile().as_text()
+        pattern = r"= (\S+) (?:all-gather|all-reduce|all-to-all|collective-permute|reduce-scatter)"
+        shapes = re.findall(pattern, compiled)
+        assert shapes and all(re.fullmatch(r"[a-z0-9]+\[\](\{\})?", shape) for shape in shapes), shapes
         np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
         np.testing.assert_allclose(got[1], want[1], atol=1e-6)
         print("ok")

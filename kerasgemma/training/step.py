@@ -90,9 +90,8 @@ def make_train_step(causal_lm, optimizer, fused_loss=True, state_shardings=None,
         )
         scale = 1.0 / jnp.maximum(count, 1.0)
         grads = jax.tree.map(lambda grad: grad * scale, grads)
-        trainable, optimizer_variables = optimizer.stateless_apply(
-            optimizer_variables, grads, trainable
-        )
+        with jax.named_scope("optimizer"):
+            trainable, optimizer_variables = optimizer.stateless_apply(optimizer_variables, grads, trainable)
         return (trainable, optimizer_variables), total * scale, count
 
     out_shardings = None if state_shardings is None else (state_shardings, None, None)
