@@ -1,11 +1,14 @@
 """One lever at a time: variants of the kerasgemma step, timed on the same batches, plus a kernel profile.
 
 Each variant runs in its own process (its own XLA flags and peak memory) on
-the Gemma 2B shape of `train_throughput.py`. `--profile` also traces a few
-steps of the default variant with `jax.profiler` and prints where the device
-time goes, by kernel and by kind (matmul, attention, other fusions).
+the Gemma 2B shape of `train_throughput.py`. `--profile [VARIANT]` also
+traces a few steps of one variant with `jax.profiler` and prints where the
+device time goes: by kernel, by kind (matmul, attention, other fusions), by
+part of the step (loss, optimizer, attention, decoder blocks) and the time no
+kernel runs.
 
     python bench/levers.py --variants default batch16 no_triton_gemm --profile --out bench/results/levers.json
+    python bench/levers.py --variants default no_command_buffers --profile no_command_buffers   # parts named
     python bench/levers.py --smoke          # tiny shapes on CPU, seconds
     python bench/levers.py --variants default lora_merged --model gemma_2b_2layers --compile-only   # CPU is fine
 
@@ -71,6 +74,9 @@ VARIANTS = {
     "remat_block": ("", {"remat": "block"}, "remat 'block': each block keeps only its input"),
     "loss_chunk_512": ("", {"loss_chunk_tokens": 512},
                        "fused-loss slices of 512 tokens instead of 1024: finer steps past the last loss-carrying token"),
+    "no_command_buffers": ("--xla_gpu_enable_command_buffer=", {},
+                           "XLA: no CUDA graphs, every kernel launched on its own (a profile then names each "
+                           "kernel's JAX op)"),
     "batch16": ("", {"batch_size": 16}, "16 packed rows per step instead of 8"),
     "no_triton_gemm": ("--xla_gpu_enable_triton_gemm=false", {}, "XLA: cuBLAS for every matmul, no Triton GEMM fusions"),
     "reference_loss": ("", {"fused_loss": False}, "full float32 logits instead of the fused sliced loss"),
@@ -270,7 +276,10 @@ def main(argv=None):
     parser.add_argument("--model", default="gemma_2b", choices=sorted(tt.SHAPES))
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--profile", action="store_true", help="Trace the default variant and print a kernel summary.")
+    parser.add_argument("--profile", nargs="?", const="default", choices=sorted(VARIANTS), metavar="VARIANT",
+                        help="Trace VARIANT (default: 'default') and print a kernel summary. Kernels XLA runs inside "
+                             "CUDA graphs are traced as command buffers, not their JAX ops: profile "
+                             "no_command_buffers to see each kernel's part of the step.")
     parser.add_argument("--out", help="Write the rows as JSON here.")
     parser.add_argument("--batch-size", type=int, default=tt.BATCH_SIZE, help="Packed rows per step (default 8).")
     parser.add_argument("--sequence-length", type=int, default=tt.SEQUENCE_LENGTH,
@@ -302,7 +311,7 @@ def main(argv=None):
                    "--warmup", str(args.warmup), "--batch-size", str(args.batch_size),
                    "--profile-steps", str(args.profile_steps), "--sequence-length", str(args.sequence_length)
                    ] + ["--compile-only", "--dtype", args.dtype] * args.compile_only
-        if args.profile and name == "default":
+        if name == args.profile:
             command += ["--profile-dir", os.path.abspath(os.path.join(os.path.dirname(args.out or "."), "profile"))]
         started = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True, env=env)

@@ -20,27 +20,20 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Published text-model shapes (keras-hub preset configs), built with random weights.
-SHAPES = {
-    "gemma_2b": ("gemma", dict(vocabulary_size=256000, num_layers=18, num_query_heads=8, num_key_value_heads=1,
-                                hidden_dim=2048, intermediate_dim=32768, head_dim=256)),
-    "gemma_7b": ("gemma", dict(vocabulary_size=256000, num_layers=28, num_query_heads=16, num_key_value_heads=16,
-                                hidden_dim=3072, intermediate_dim=49152, head_dim=256)),
-    "gemma2_2b": ("gemma2", dict(vocabulary_size=256000, num_layers=26, num_query_heads=8, num_key_value_heads=4,
-                                  hidden_dim=2304, intermediate_dim=18432, head_dim=256, query_head_dim_normalize=True,
-                                  use_post_ffw_norm=True, use_post_attention_norm=True, attention_logit_soft_cap=50.0,
-                                  final_logit_soft_cap=30.0, use_sliding_window_attention=True,
-                                  sliding_window_size=4096)),
-    "gemma3_1b": ("gemma3", dict(vocabulary_size=262144, num_layers=26, num_query_heads=4, num_key_value_heads=1,
-                                  hidden_dim=1152, intermediate_dim=6912, head_dim=256, query_head_dim_normalize=True,
-                                  use_query_key_norm=True, use_post_ffw_norm=True, use_post_attention_norm=True,
-                                  use_sliding_window_attention=True, sliding_window_size=512,
-                                  local_rope_scaling_factor=1.0, global_rope_scaling_factor=1.0,
-                                  vision_encoder=None)),
-    # Heads and widths divisible by 8, so model parallel really splits every kernel.
-    "tiny": ("gemma", dict(vocabulary_size=512, num_layers=2, num_query_heads=8, num_key_value_heads=8,
-                            hidden_dim=32, intermediate_dim=64, head_dim=8)),
-}
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from train_throughput import SHAPES as THROUGHPUT_SHAPES  # noqa: E402
+
+# The published text-model shapes of train_throughput.py (keras-hub preset configs), built with random weights,
+# and Gemma 7B.
+SHAPES = {name: (shape["arch"], shape["keras"]) for name, shape in THROUGHPUT_SHAPES.items()
+          if not name.startswith("tiny")}
+SHAPES["gemma_7b"] = ("gemma", dict(vocabulary_size=256000, num_layers=28, num_query_heads=16, num_key_value_heads=16,
+                                    hidden_dim=3072, intermediate_dim=49152, head_dim=256))
+# Heads and widths divisible by 8, so model parallel really splits every kernel.
+SHAPES["tiny"] = ("gemma", dict(vocabulary_size=512, num_layers=2, num_query_heads=8, num_key_value_heads=8,
+                                hidden_dim=32, intermediate_dim=64, head_dim=8))
 MODES = ("single", "data", "model")
 
 
@@ -131,7 +124,7 @@ def run_mode(args):
 def print_table(records):
     single = next((r["tokens_per_second"] for r in records if r["mode"] == "single"), None)
     print(f"\n{records[0]['device']} × {records[0]['device_count']}")
-    print(f"| mode | mesh | global batch | tokens/s | vs 1 device | peak GiB/device |")
+    print("| mode | mesh | global batch | tokens/s | vs 1 device | peak GiB/device |")
     print("| --- | --- | --- | --- | --- | --- |")
     for r in records:
         ratio = f"{r['tokens_per_second'] / single:.2f}×" if single else "-"
