@@ -322,9 +322,11 @@ def main(argv=None):
             row["error"] = (done.stderr.strip().splitlines() or ["?"])[-1]
             print(done.stderr[-3000:], file=sys.stderr)
         row["wall_seconds"] = time.perf_counter() - started
+        if "profile" in row:
+            print(row["profile"], flush=True)
+            row["profile"] = row["profile"].splitlines()  # kept in the JSON, a line a string
         rows.append(row)
-        print(row.pop("profile", ""), flush=True)
-        print(json.dumps(row), flush=True)
+        print(json.dumps({key: value for key, value in row.items() if key != "profile"}), flush=True)
         if args.out:
             with open(args.out, "w") as file:
                 json.dump({"date": time.strftime("%Y-%m-%d"), "model": args.model,

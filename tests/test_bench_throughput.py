@@ -155,6 +155,7 @@ def test_levers_smoke_with_kernel_summary(bench, tmp_path, capsys):
     # Projecting the prompt tokens too changes nothing but the work done.
     assert rows["loss_every_token"]["loss"] == pytest.approx(rows["default"]["loss"], abs=1e-4)
     assert (tmp_path / "profile").is_dir()
+    assert rows["default"]["profile"][0].startswith(("device time per step", "no device events"))
 
 
 def test_gemma2_peers_compute_the_attention_soft_cap(bench):
