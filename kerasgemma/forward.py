@@ -182,8 +182,9 @@ def fused_cross_entropy(hidden, matrix, target_ids, loss_mask, soft_cap=None, ch
     device's rows are moved to the front of those rows' tokens, in order, and
     the loop over slices stops after the last slice holding one. A batch split
     over devices by rows (data parallel) stays split: each device sorts and
-    projects its own rows. The result is 0 where `loss_mask` is False, and so
-    is its gradient.
+    projects its own rows (slicing across devices' rows makes XLA gather the
+    batch onto every device: docs/facts.md#loss-sharding). The result is 0
+    where `loss_mask` is False, and so is its gradient.
 
     Args:
         hidden: `(batch, seq, hidden)` final hidden states.
