@@ -11,7 +11,11 @@ import numpy as np
 import pytest
 
 from kerasgemma import forward
+from kerasgemma.data import Batches, TokenizedExample
 from kerasgemma.forward import cross_entropy, fused_cross_entropy
+from kerasgemma.model import enable_lora
+from kerasgemma.tiny import ARCHITECTURES, build_tiny_causal_lm
+from kerasgemma.training.step import summed_loss
 
 
 def reference_loss(hidden, matrix, target_ids, loss_mask, weights, soft_cap):
@@ -69,6 +73,37 @@ def test_slices_past_the_last_loss_carrying_token_are_not_projected(monkeypatch)
     assert len(projected) == 1
     want = cross_entropy(np.einsum("bsd,vd->bsv", hidden, matrix), target_ids) * loss_mask
     np.testing.assert_allclose(losses, want, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "architecture", [a if a in ("gemma", "gemma2") else pytest.param(a, marks=pytest.mark.slow) for a in ARCHITECTURES]
+)
+def test_train_loss_and_lora_gradients_equal_the_full_logits(architecture, monkeypatch):
+    """A packed batch whose prompts fill a quarter of the slices: the summed loss and the LoRA gradients of the train
+    step equal those from full float32 logits (Gemma 2's final soft-cap included)."""
+    monkeypatch.setattr(forward, "LOSS_CHUNK_TOKENS", 8)
+    lm = build_tiny_causal_lm(architecture)
+    enable_lora(lm, rank=2)
+    rng = np.random.default_rng(0)
+    for variable in lm.trainable_variables:  # LoRA B is 0 at first: give every gradient a path
+        variable.assign(rng.normal(scale=0.1, size=variable.shape).astype(variable.dtype))
+    examples = [TokenizedExample(rng.integers(10, lm.backbone.vocabulary_size, n).astype(np.int32),
+                                 (np.arange(n) >= 4).astype(np.int8)) for n in (9, 14, 6)]
+    batch = next(Batches(examples, batch_size=2, sequence_length=16).epoch(0))
+    assert 0 < batch["loss_weights"].sum() <= 24  # at most 3 of the 4 slices of 8 tokens carry loss
+    batch = {key: jnp.asarray(value) for key, value in batch.items()}  # as the trainer puts them on the device
+    non_trainable = [v.value for v in lm.non_trainable_variables]
+    trainable = [v.value for v in lm.trainable_variables]
+
+    def mean_loss(values, fused):
+        total, count = summed_loss(lm, values, non_trainable, batch, fused_loss=fused)
+        return total / count
+
+    fused = jax.jit(jax.value_and_grad(lambda values: mean_loss(values, True)))(trainable)
+    reference = jax.jit(jax.value_and_grad(lambda values: mean_loss(values, False)))(trainable)
+    np.testing.assert_allclose(fused[0], reference[0], rtol=1e-5)
+    for got, want in zip(fused[1], reference[1]):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.slow
