@@ -212,11 +212,10 @@ def _row_groups(rows):
 
     1 too where the rows do not split evenly: the sort then spans the whole batch.
     """
-    distribution = keras.distribution.distribution()
-    if distribution is None:
-        return 1
-    mesh = distribution.device_mesh
-    shards = mesh.shape[list(mesh.axis_names).index(distribution.batch_dim_name)]
+    # Imported here: kerasgemma.distribution's memory plan imports this module.
+    from kerasgemma.distribution.layout import data_parallel_degree
+
+    shards = data_parallel_degree()
     return shards if rows % shards == 0 else 1
 
 
