@@ -5,7 +5,7 @@ the Gemma 2B shape of `train_throughput.py`. `--profile [VARIANT]` also
 traces a few steps of one variant with `jax.profiler` and prints where the
 device time goes: by kernel, by kind (matmul, attention, other fusions), by
 part of the step (loss, optimizer, attention, decoder blocks) and the time no
-kernel runs.
+kernel runs, split by the kernel that ran next (what the device waited for).
 
     python bench/levers.py --variants default batch16 no_triton_gemm --profile --out bench/results/levers.json
     python bench/levers.py --variants default no_command_buffers --profile no_command_buffers   # parts named
@@ -77,6 +77,17 @@ VARIANTS = {
     "no_command_buffers": ("--xla_gpu_enable_command_buffer=", {},
                            "XLA: no CUDA graphs, every kernel launched on its own (a profile then names each "
                            "kernel's JAX op)"),
+    "control_flow_in_graphs": ("--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL", {},
+                               "XLA: loops and conditionals inside the CUDA graphs too (the loss's loop then runs "
+                               "without the host reading its condition each slice)"),
+    "concurrent_graphs": ("--xla_gpu_command_buffer_scheduling_mode=CONCURRENT", {},
+                          "XLA: CUDA graphs built as a dependency graph, so independent kernels (an elementwise "
+                          "fusion beside a GEMM) may run at the same time"),
+    "cublaslt_epilogues": ("--xla_gpu_enable_cublaslt=true", {},
+                           "XLA: GEMMs through cuBLASLt, which can fuse the GeLU (and its saved input) into the "
+                           "gate projection's epilogue"),
+    "latency_hiding": ("--xla_gpu_enable_latency_hiding_scheduler=true", {},
+                       "XLA: the latency-hiding scheduler orders the step's kernels"),
     "batch16": ("", {"batch_size": 16}, "16 packed rows per step instead of 8"),
     "no_triton_gemm": ("--xla_gpu_enable_triton_gemm=false", {}, "XLA: cuBLAS for every matmul, no Triton GEMM fusions"),
     "reference_loss": ("", {"fused_loss": False}, "full float32 logits instead of the fused sliced loss"),
@@ -114,6 +125,11 @@ def trace_name(name):
     return re.sub(r"[.-]", "_", name)
 
 
+def short_op(op_name):
+    """The last three levels of a JAX op name, at most 80 characters."""
+    return "/".join(op_name.split("/")[-3:])[:80]
+
+
 def part_of(kernel, op_name):
     """Which part of the step a kernel belongs to: the named scopes of kerasgemma's loss and optimizer, attention
     kernels by name, the rest the decoder blocks (projections, norms, activations, embedding)."""
@@ -127,18 +143,19 @@ def part_of(kernel, op_name):
 
 
 def idle_time(intervals):
-    """Time within the span of `intervals` ((start, duration) pairs) when none of them runs.
+    """Time within the span of `intervals` ((start, duration, label) triples) when none of them runs, in all and by
+    the label of the interval that ends each gap (what the device was waiting to start).
 
     Example:
-    >>> idle_time([(0, 5), (3, 4), (10, 2)])
-    3
+    >>> idle_time([(0, 5, "a"), (3, 4, "b"), (10, 2, "c"), (13, 1, "c")])
+    (4, Counter({'c': 4}))
     """
-    idle, end = 0, None
-    for start, duration in sorted(intervals):
+    gaps, end = collections.Counter(), None
+    for start, duration, label in sorted(intervals):
         if end is not None and start > end:
-            idle += start - end
+            gaps[label] += start - end
         end = start + duration if end is None else max(end, start + duration)
-    return idle
+    return sum(gaps.values()), gaps
 
 
 def summarize_trace(trace_dir, steps, top=30, op_names=None):
@@ -166,22 +183,25 @@ def summarize_trace(trace_dir, steps, top=30, op_names=None):
             named += bool(op_name)
             op_of.setdefault(name, op_name)  # for the listing: the first op a kernel ran for
             by_part[part_of(name, op_name)] += event["dur"]
-            intervals.append((event["ts"], event["dur"]))
+            intervals.append((event["ts"], event["dur"], f"[{part_of(name, op_name)}] {short_op(op_name) or name}"))
     total = sum(by_name.values())
     if not total:
         return "no device events in the trace (processes: %s)" % sorted(set(process_names.values()))
     by_kind = collections.Counter()
     for name, micros in by_name.items():
         by_kind[kernel_kind(name)] += micros
+    idle, gaps = idle_time(intervals)
     lines = [f"device time per step: {total / steps / 1000:.1f} ms (sum over kernels, {len(by_name)} distinct); "
-             f"no kernel running: {idle_time(intervals) / steps / 1000:.1f} ms"]
+             f"no kernel running: {idle / steps / 1000:.1f} ms"]
     lines += [f"  {kind:<14} {micros / steps / 1000:8.1f} ms  {100 * micros / total:5.1f}%" for kind, micros in by_kind.most_common()]
     if op_names:
         lines.append(f"per part of the step ({named} of {len(intervals)} kernel runs traced to a JAX op):")
         lines += [f"  {part:<14} {micros / steps / 1000:8.1f} ms  {100 * micros / total:5.1f}%" for part, micros in by_part.most_common()]
+    lines.append("no kernel running, by the kernel that ran next (ms per step):")
+    lines += [f"  {micros / steps / 1000:8.2f}  {label[:100]}" for label, micros in gaps.most_common(8)]
     lines.append(f"top {top} kernels (ms per step, share, part, JAX op):")
     lines += [f"  {micros / steps / 1000:8.2f}  {100 * micros / total:5.1f}%  {name[:60]}  "
-              f"[{part_of(name, op_of[name])}] {'/'.join(op_of[name].split('/')[-3:])[:80]}"
+              f"[{part_of(name, op_of[name])}] {short_op(op_of[name])}"
               for name, micros in by_name.most_common(top)]
     return "\n".join(lines)
 

@@ -211,6 +211,8 @@ def test_trace_summary_reads_device_kernels_only(bench, tmp_path):
     parts = summary.split("per part of the step (2 of 3 kernel runs traced to a JAX op):")[1]
     assert "loss                1.0 ms   50.0%" in parts and "attention           0.5 ms" in parts
     assert "decoder blocks      0.5 ms" in parts
+    gaps = summary.split("no kernel running, by the kernel that ran next (ms per step):\n")[1]
+    assert gaps.startswith("      0.25  [decoder blocks] jit(step)/transpose/dot_general\n")
 
 
 @pytest.mark.slow
