@@ -35,6 +35,8 @@ baselines use the same rows count and length.
         --steps 10 --out bench/results/peers.json
     python bench/train_throughput.py --models gemma_2b --sequence-length 4096 --remat block --arms kerasgemma hf_packed_liger
     python bench/train_throughput.py --table a.json b.json    # one table from consecutive calls' --out files
+    python bench/train_throughput.py --models gemma_2b gemma2_2b gemma3_1b gemma4_e2b gemma4_e4b --extra-models \
+        --steps 10 --gpus 8 --out whole.json [--resume]           # the whole table, 8 arms at a time
 
 Columns (bench/peers_table.py): useful tokens/s, step time, peak device memory,
 compile (first-steps) time, loss after the timed steps, whether the arm
@@ -43,6 +45,7 @@ fastest peer of the same model in the same run (the control aside).
 """
 
 import argparse
+import concurrent.futures
 import importlib
 import json
 import os
@@ -399,9 +402,12 @@ def device_name():
         return "unknown"
 
 
-def run_child(arm, model, args, shared_dir):
-    """One arm in its own process (its own peak memory); its row, or the error's last line."""
+def run_child(arm, model, args, shared_dir, gpu=None):
+    """One arm in its own process (its own peak memory), on `gpu` (a CUDA device id) if given; its row, or the
+    error's last line."""
     env = dict(os.environ, KERAS_BACKEND="jax", XLA_PYTHON_CLIENT_PREALLOCATE="false", TF_CPP_MIN_LOG_LEVEL="3")
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
     command = [sys.executable, __file__, "--one", arm, model, "--steps", str(args.steps), "--warmup", str(args.warmup),
                "--seed", str(args.seed), "--sequence-length", str(args.sequence_length),
                "--tokens-per-step", str(args.tokens_per_step), "--remat", args.remat, "--shared-dir", shared_dir]
@@ -410,6 +416,71 @@ def run_child(arm, model, args, shared_dir):
         return json.loads(done.stdout.strip().splitlines()[-1])
     print(done.stderr[-3000:], file=sys.stderr)
     return {"error": (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]}
+
+
+def gpu_ids(count):
+    """The CUDA device ids of the first `count` GPUs this process may use (`CUDA_VISIBLE_DEVICES`, else 0, 1, ...).
+
+    Example:
+    >>> os.environ["CUDA_VISIBLE_DEVICES"] = "2,3,5"
+    >>> gpu_ids(2)
+    ['2', '3']
+    >>> del os.environ["CUDA_VISIBLE_DEVICES"]
+    """
+    if count < 1:
+        raise ValueError(f"--gpus {count}: at least 1")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = visible.split(",") if visible else [str(index) for index in range(count)]
+    if count > len(ids):
+        raise ValueError(f"--gpus {count}: CUDA_VISIBLE_DEVICES={visible} names {len(ids)}")
+    return ids[:count]
+
+
+def spread_over_gpus(jobs, run, gpus):
+    """Run `jobs` ((index, model, arm) triples) as `run(model, arm, gpu)`, one at a time on each of `gpus`.
+
+    A model's other arms wait until its kerasgemma arm (if among `jobs`) has
+    ended: it writes the weights they load. kerasgemma arms start first.
+    Yields `(index, row)` as each job ends.
+
+    Example:
+    >>> jobs = [(0, "a", "kerasgemma"), (1, "a", "tunix"), (2, "b", "kerasgemma")]
+    >>> sorted(spread_over_gpus(jobs, lambda model, arm, gpu: {"gpu": gpu}, ["0", "1"]))[1][0]
+    1
+    """
+    waiting = sorted(jobs, key=lambda job: (job[2] != "kerasgemma", job[0]))
+    unwritten = {model for _, model, arm in jobs if arm == "kerasgemma"}
+    free, running = list(gpus), {}
+    with concurrent.futures.ThreadPoolExecutor(len(gpus)) as pool:
+        while waiting or running:
+            for job in [job for job in waiting if job[2] == "kerasgemma" or job[1] not in unwritten]:
+                if not free:
+                    break
+                waiting.remove(job)
+                gpu = free.pop(0)
+                running[pool.submit(run, job[1], job[2], gpu)] = (job, gpu)
+            ended, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in ended:
+                (index, model, arm), gpu = running.pop(future)
+                free.append(gpu)
+                if arm == "kerasgemma":
+                    unwritten.discard(model)
+                yield index, future.result()
+
+
+def earlier_rows(path, settings):
+    """The rows of an earlier `--out` file that need no new run (measured or skipped), by (model, arm).
+
+    Raises ValueError when that run had other settings (row length, tokens a step, remat, steps, seed).
+    """
+    if not path or not os.path.isfile(path):
+        return {}
+    with open(path) as file:
+        earlier = json.load(file)
+    differing = {key: earlier.get(key) for key, value in settings.items() if earlier.get(key) != value}
+    if differing:
+        raise ValueError(f"--resume: {path} was run with {differing}, not {settings}")
+    return {(row["model"], row["arm"]): row for row in earlier["rows"] if "error" not in row}
 
 
 # Arms --smoke leaves out although they could run on a CPU: their code is another arm's with one setting changed,
@@ -439,7 +510,13 @@ def make_parser():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shared-dir", default=os.path.join(HERE, ".cache", "shared-weights"),
                         help="Where the kerasgemma arm writes the initial weights the peers load (kept between runs).")
-    parser.add_argument("--out", help="Write the rows as JSON here.")
+    parser.add_argument("--out", help="Write the rows as JSON here (after every arm).")
+    parser.add_argument("--gpus", type=int, default=1,
+                        help="Run this many arms at once, each in its own process on its own GPU; a model's peers "
+                             "start once its kerasgemma arm has written their weights (default 1).")
+    parser.add_argument("--resume", action="store_true",
+                        help="Keep the measured and skipped rows of an earlier --out file of the same settings and "
+                             "run only the others, so a run cut short (a time limit) goes on where it stopped.")
     parser.add_argument("--smoke", action="store_true",
                         help="Tiny shapes on CPU, in-process: every arm that can run here, 1 warm-up + 1 step.")
     parser.add_argument("--table", nargs="+", metavar="JSON",
@@ -471,33 +548,53 @@ def main(argv=None):
     args.models = args.models or ["gemma_2b"]
     plan = [(model, arm) for model in args.models for arm in ["kerasgemma"] + [a for a in args.arms if a != "kerasgemma"]]
     plan += [(model, "kerasgemma") for model in args.extra_models if model not in args.models]
-    rows = []
-    for model, arm in plan:
-        row = {"model": model, "arm": arm, **settings}
-        if args.smoke and arm in SMOKE_SKIPS:
-            row["skipped"] = f"--smoke: {SMOKE_SKIPS[arm]}"
-        elif args.smoke:
-            # In-process: on CPU peak memory is not measured, and one
-            # import of JAX and torch keeps the smoke run to seconds.
-            row.update(run_arm(arm, model, args.steps, args.warmup, args.seed, shared_dir=args.shared_dir, **settings),
-                       device=device_name())
-        else:
-            row.update(run_child(arm, model, args, args.shared_dir))
+    header = dict(settings, steps=args.steps, seed=args.seed)
+    try:
+        kept = earlier_rows(args.out, header) if args.resume else {}
+        gpus = gpu_ids(args.gpus)
+    except ValueError as error:
+        print(error, file=sys.stderr)
+        return 2
+    rows = {index: kept[job] for index, job in enumerate(plan) if job in kept}
+    jobs = [(index, model, arm) for index, (model, arm) in enumerate(plan) if index not in rows]
+    if args.smoke:
+        # In-process: on CPU peak memory is not measured, and one import of
+        # JAX and torch keeps the smoke run to seconds.
+        ended = ((index, {"skipped": f"--smoke: {SMOKE_SKIPS[arm]}"} if arm in SMOKE_SKIPS else
+                  dict(run_arm(arm, model, args.steps, args.warmup, args.seed, shared_dir=args.shared_dir,
+                               **settings), device=device_name()))
+                 for index, model, arm in jobs)
+    elif len(gpus) > 1:
+        ended = spread_over_gpus(jobs, lambda model, arm, gpu: run_child(arm, model, args, args.shared_dir, gpu), gpus)
+    else:
+        ended = ((index, run_child(arm, model, args, args.shared_dir)) for index, model, arm in jobs)
+    for count, (index, result) in enumerate(ended, 1):
+        row = rows[index] = dict(dict(model=plan[index][0], arm=plan[index][1], **settings), **result)
         if measured(row):
             row["useful_tokens_per_second"] = row["useful_tokens"] / row["seconds"]
-        rows.append(row)
-        compare_functions(rows)
+        ordered = compare_functions([rows[index] for index in sorted(rows)])
         print(json.dumps(row), flush=True)
-        if args.out:  # after every arm, so a run cut short keeps what it measured
-            with open(args.out, "w") as file:
-                json.dump({"card": card_of(rows), "date": time.strftime("%Y-%m-%d"), **settings, "rows": rows}, file,
-                          indent=2)
+        print(f"[{count}/{len(jobs)}] {row['model']} {row['arm']}: " + (
+            f"{row['useful_tokens_per_second']:,.0f} tok/s" if measured(row) else row.get("error") or row["skipped"]),
+              file=sys.stderr, flush=True)
+        if args.out:  # after every arm, so a run cut short keeps what it measured (see --resume)
+            write_json_atomically(args.out, {"card": card_of(ordered), "date": time.strftime("%Y-%m-%d"), **header,
+                                             "rows": ordered})
     if args.smoke:
         shutil.rmtree(args.shared_dir, ignore_errors=True)
+    ordered = [rows[index] for index in sorted(rows)]
     rows_per_step = settings["tokens_per_step"] // args.sequence_length
-    print(format_table(rows, card_of(rows), f", {rows_per_step} rows x {args.sequence_length} tokens a step, "
-                                            f"kerasgemma remat {args.remat}"))
-    return 0 if all("error" not in row for row in rows) else 1
+    print(format_table(ordered, card_of(ordered), f", {rows_per_step} rows x {args.sequence_length} tokens a step, "
+                                                  f"kerasgemma remat {args.remat}"))
+    return 0 if all("error" not in row for row in ordered) else 1
+
+
+def write_json_atomically(path, value):
+    """Write `value` to `path` through a temporary file beside it, so a run killed mid-write leaves the last whole file."""
+    temporary = path + ".tmp"
+    with open(temporary, "w") as file:
+        json.dump(value, file, indent=2)
+    os.replace(temporary, path)
 
 
 if __name__ == "__main__":

@@ -264,3 +264,66 @@ def test_attention_kernels_smoke_compares_each_arm_with_the_dense_reference(benc
         assert "tokamax" in tokamax_row["error"]
     else:
         assert tokamax_row["max_abs_diff"] < 0.05 and rows["tiny", "tokamax_xla"]["max_abs_diff"] < 0.05
+
+
+def test_arms_spread_over_gpus_one_at_a_time_each_after_their_models_weights(bench):
+    import threading
+    import time
+
+    import train_throughput
+
+    jobs = [(0, "a", "kerasgemma"), (1, "a", "hf_packed"), (2, "a", "tunix"), (3, "b", "kerasgemma"),
+            (4, "b", "hf_packed")]
+    spans, busy, most_busy, lock = {}, set(), [0], threading.Lock()
+
+    def run(model, arm, gpu):
+        with lock:
+            assert gpu not in busy, f"two arms on GPU {gpu}"
+            busy.add(gpu)
+            most_busy[0] = max(most_busy[0], len(busy))
+        start = time.monotonic()
+        time.sleep(0.1 if arm == "kerasgemma" else 0.03)  # a free GPU must not start a peer before its weights
+        with lock:
+            busy.discard(gpu)
+        spans[(model, arm)] = (start, time.monotonic())
+        return {"gpu": gpu}
+
+    ended = list(train_throughput.spread_over_gpus(jobs, run, ["4", "7", "9"]))
+    assert sorted(index for index, _ in ended) == list(range(5))
+    assert {row["gpu"] for _, row in ended} <= {"4", "7", "9"} and most_busy[0] >= 2
+    for model, arm in [("a", "hf_packed"), ("a", "tunix"), ("b", "hf_packed")]:
+        assert spans[(model, arm)][0] >= spans[(model, "kerasgemma")][1]
+
+
+def test_resume_runs_only_the_arms_an_earlier_run_left(bench, tmp_path, monkeypatch, capsys):
+    import train_throughput
+
+    settings = dict(sequence_length=1024, tokens_per_step=8192, remat="none")
+    earlier = {"card": "NVIDIA H200", "date": "2026-11-30", **settings, "steps": 10, "seed": 0, "rows": [
+        dict(model="gemma_2b", arm="kerasgemma", **settings, useful_tokens=1000, seconds=1.0, steps=10,
+             compile_seconds=5.0, first_loss=12.0, loss=11.0, peak_bytes=2**30, useful_tokens_per_second=1000.0),
+        dict(model="gemma_2b", arm="hf_packed", **settings, error="RuntimeError: killed"),
+        dict(model="gemma_2b", arm="unsloth", **settings, skipped="ModuleNotFoundError: No module named 'unsloth'")]}
+    out = tmp_path / "whole.json"
+    out.write_text(json.dumps(earlier))
+    calls = []
+
+    def fake_child(arm, model, args, shared_dir, gpu=None):
+        calls.append((model, arm, gpu))
+        return dict(useful_tokens=500, seconds=1.0, steps=10, compile_seconds=5.0, first_loss=12.0, loss=11.5,
+                    peak_bytes=2**30)
+
+    monkeypatch.setattr(train_throughput, "run_child", fake_child)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    argv = ["--models", "gemma_2b", "--extra-models", "--arms", "kerasgemma", "hf_packed", "unsloth", "tunix",
+            "--steps", "10", "--out", str(out), "--resume", "--gpus", "2"]
+    assert train_throughput.main(argv) == 0
+    assert sorted((model, arm) for model, arm, _ in calls) == [("gemma_2b", "hf_packed"), ("gemma_2b", "tunix")]
+    assert {gpu for _, _, gpu in calls} <= {"0", "1"}
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["arm"] for row in rows] == ["kerasgemma", "hf_packed", "unsloth", "tunix"]
+    assert rows[0]["useful_tokens_per_second"] == 1000.0 and rows[1]["same_function"] is True
+    assert "| gemma_2b | tunix |" in capsys.readouterr().out
+    # Another row length is another run: refused, the file untouched.
+    assert train_throughput.main(argv + ["--sequence-length", "4096"]) == 2
+    assert "--resume:" in capsys.readouterr().err and json.loads(out.read_text())["rows"] == rows
