@@ -516,7 +516,8 @@ def make_parser():
                              "start once its kerasgemma arm has written their weights (default 1).")
     parser.add_argument("--resume", action="store_true",
                         help="Keep the measured and skipped rows of an earlier --out file of the same settings and "
-                             "run only the others, so a run cut short (a time limit) goes on where it stopped.")
+                             "run only the others, so a run cut short (a time limit) goes on where it stopped; a "
+                             "model's kerasgemma arm runs again if its weights for the peers are not in --shared-dir.")
     parser.add_argument("--smoke", action="store_true",
                         help="Tiny shapes on CPU, in-process: every arm that can run here, 1 warm-up + 1 step.")
     parser.add_argument("--table", nargs="+", metavar="JSON",
@@ -556,6 +557,10 @@ def main(argv=None):
         print(error, file=sys.stderr)
         return 2
     rows = {index: kept[job] for index, job in enumerate(plan) if job in kept}
+    for model in {model for index, (model, arm) in enumerate(plan) if index not in rows and arm not in KERASGEMMA_ARMS}:
+        weights = os.path.join(shared_folder_of(args.shared_dir, model, args.seed), "config.json")
+        if not os.path.isfile(weights):  # resumed on another machine: its peers need the weights written again
+            rows.pop(plan.index((model, "kerasgemma")), None)
     jobs = [(index, model, arm) for index, (model, arm) in enumerate(plan) if index not in rows]
     if args.smoke:
         # In-process: on CPU peak memory is not measured, and one import of

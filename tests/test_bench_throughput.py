@@ -315,8 +315,17 @@ def test_resume_runs_only_the_arms_an_earlier_run_left(bench, tmp_path, monkeypa
 
     monkeypatch.setattr(train_throughput, "run_child", fake_child)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    shared = tmp_path / "shared"
     argv = ["--models", "gemma_2b", "--extra-models", "--arms", "kerasgemma", "hf_packed", "unsloth", "tunix",
-            "--steps", "10", "--out", str(out), "--resume", "--gpus", "2"]
+            "--steps", "10", "--out", str(out), "--resume", "--gpus", "2", "--shared-dir", str(shared)]
+    # On another machine the peers' weights are gone: kerasgemma runs again first.
+    assert train_throughput.main(argv) == 0
+    assert sorted((model, arm) for model, arm, _ in calls) == [("gemma_2b", "hf_packed"), ("gemma_2b", "kerasgemma"),
+                                                               ("gemma_2b", "tunix")]
+    calls.clear()
+    out.write_text(json.dumps(earlier))
+    (shared / "gemma_2b-seed0").mkdir(parents=True)
+    (shared / "gemma_2b-seed0" / "config.json").write_text("{}")
     assert train_throughput.main(argv) == 0
     assert sorted((model, arm) for model, arm, _ in calls) == [("gemma_2b", "hf_packed"), ("gemma_2b", "tunix")]
     assert {gpu for _, _, gpu in calls} <= {"0", "1"}
