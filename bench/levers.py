@@ -182,8 +182,9 @@ def summarize_trace(trace_dir, steps, top=30, op_names=None):
             op_name = op_names.get(trace_name(str(args.get("hlo_op", name)))) or args.get("name", "")
             named += bool(op_name)
             op_of.setdefault(name, op_name)  # for the listing: the first op a kernel ran for
-            by_part[part_of(name, op_name)] += event["dur"]
-            intervals.append((event["ts"], event["dur"], f"[{part_of(name, op_name)}] {short_op(op_name) or name}"))
+            part = part_of(name, op_name)
+            by_part[part] += event["dur"]
+            intervals.append((event["ts"], event["dur"], f"[{part}] {short_op(op_name) or name}"))
     total = sum(by_name.values())
     if not total:
         return "no device events in the trace (processes: %s)" % sorted(set(process_names.values()))

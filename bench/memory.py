@@ -368,6 +368,8 @@ def main(argv=None):
     parser.add_argument("--smoke", action="store_true", help="Tiny shapes on CPU, in-process, seconds.")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    from kerasgemma.atomic import write_json_atomic
+
     if args.rows == ["all"]:
         args.rows = list(ALL_ROWS)
     for name in args.rows:
@@ -404,10 +406,8 @@ def main(argv=None):
         print(json.dumps(row), flush=True)
         if args.out:
             card = next((r["device"] for r in rows if r.get("device")), "unknown")
-            with open(args.out + ".tmp", "w") as file:
-                json.dump({"card": card, "date": time.strftime("%Y-%m-%d"), "batch_size": args.batch_size,
-                           "rows": rows}, file, indent=2)
-            os.replace(args.out + ".tmp", args.out)
+            write_json_atomic(args.out, {"card": card, "date": time.strftime("%Y-%m-%d"), "batch_size": args.batch_size,
+                                         "rows": rows})
     card = next((r["device"] for r in rows if r.get("device")), "unknown")
     print(format_table(rows, card, args.batch_size))
     return 0

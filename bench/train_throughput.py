@@ -549,6 +549,8 @@ def main(argv=None):
     args.models = args.models or ["gemma_2b"]
     plan = [(model, arm) for model in args.models for arm in ["kerasgemma"] + [a for a in args.arms if a != "kerasgemma"]]
     plan += [(model, "kerasgemma") for model in args.extra_models if model not in args.models]
+    from kerasgemma.atomic import write_json_atomic
+
     header = dict(settings, steps=args.steps, seed=args.seed)
     try:
         kept = earlier_rows(args.out, header) if args.resume else {}
@@ -583,8 +585,8 @@ def main(argv=None):
             f"{row['useful_tokens_per_second']:,.0f} tok/s" if measured(row) else row.get("error") or row["skipped"]),
               file=sys.stderr, flush=True)
         if args.out:  # after every arm, so a run cut short keeps what it measured (see --resume)
-            write_json_atomically(args.out, {"card": card_of(ordered), "date": time.strftime("%Y-%m-%d"), **header,
-                                             "rows": ordered})
+            write_json_atomic(args.out, {"card": card_of(ordered), "date": time.strftime("%Y-%m-%d"), **header,
+                                         "rows": ordered})
     if args.smoke:
         shutil.rmtree(args.shared_dir, ignore_errors=True)
     ordered = [rows[index] for index in sorted(rows)]
@@ -593,13 +595,6 @@ def main(argv=None):
                                                   f"kerasgemma remat {args.remat}"))
     return 0 if all("error" not in row for row in ordered) else 1
 
-
-def write_json_atomically(path, value):
-    """Write `value` to `path` through a temporary file beside it, so a run killed mid-write leaves the last whole file."""
-    temporary = path + ".tmp"
-    with open(temporary, "w") as file:
-        json.dump(value, file, indent=2)
-    os.replace(temporary, path)
 
 
 if __name__ == "__main__":
