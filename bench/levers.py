@@ -323,6 +323,8 @@ def main(argv=None):
         print(json.dumps(run_variant(args.one, args.model, args.steps, args.warmup, args.profile_dir, args.batch_size,
                                      args.profile_steps, args.sequence_length)))
         return 0
+    from kerasgemma.atomic import write_json_atomic
+
     rows = []
     for name in args.variants:
         flags, _, description = VARIANTS[name]
@@ -349,9 +351,9 @@ def main(argv=None):
         rows.append(row)
         print(json.dumps({key: value for key, value in row.items() if key != "profile"}), flush=True)
         if args.out:
-            with open(args.out, "w") as file:
-                json.dump({"date": time.strftime("%Y-%m-%d"), "model": args.model,
-                           "sequence_length": args.sequence_length, "batch_size": args.batch_size, "rows": rows}, file, indent=2)
+            write_json_atomic(args.out, {"date": time.strftime("%Y-%m-%d"), "model": args.model,
+                                         "sequence_length": args.sequence_length, "batch_size": args.batch_size,
+                                         "rows": rows})
     base = next((r for r in rows if r["variant"] == "default" and "error" not in r), None)
     if args.compile_only:
         print_compiled_table(rows, base)
